@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian packages the test suite and benchmarks use: chromium (browser tests through Playwright),
+# oathtool (an independent TOTP implementation), wrk and nginx (bench/). Installed only when missing.
+set -euo pipefail
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v oathtool >/dev/null || need+=(oathtool)
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
