@@ -1,0 +1,177 @@
+"""The only wiring module: resources, middleware order, the fixed {prefix} pages, one catch-all.
+
+A request goes: observe (request id, client IP, snapshot; audit and metrics on the way out)
+-> session middleware (aiohttp-session; loads lazily, saves only on the gateway's own pages)
+-> gate.entry (normalise, match, allowlist, authenticate, authorize) -> proxy or a gateway page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from aiohttp_session import session_middleware
+
+from gateway.policy.snapshot import Snapshot
+from gateway.policy.source import LoadResult, PolicyHolder, watch
+from gateway.services.audit import AuditLog
+from gateway.services.metrics import Metrics
+from gateway.services.secret_key import load_secret_key
+from gateway.services.signing import KeyRing
+from gateway.services.store import open_store
+from gateway.web import auth_views, ops
+from gateway.web.csrf import Csrf
+from gateway.web.gate import entry
+from gateway.web.observe import observe
+from gateway.web.pages import Pages
+from gateway.web.proxy import Forwarder
+from gateway.web.resources import SERVICES, Services
+from gateway.web.sessions import StoreSessionStorage
+
+log = structlog.get_logger("gateway")
+
+KEY_REFRESH_INTERVAL = 30.0
+SESSION_PURGE_INTERVAL = 300.0
+
+
+def build_pages() -> Pages:
+    pages = Pages()
+    pages.add("healthz", ops.healthz, "open", ("GET",))
+    pages.add("readyz", ops.readyz, "open", ("GET",))
+    pages.add("jwks.json", ops.jwks, "open", ("GET",))
+    pages.add("metrics", ops.metrics, "ops", ("GET",))
+    auth_views.register(pages)
+    return pages
+
+
+def build_app(holder: PolicyHolder, *, watch_files: bool = True) -> web.Application:
+    """The application for one process. `holder` carries the first, already valid snapshot."""
+    storage = StoreSessionStorage(lambda: app[SERVICES].store)
+    app = web.Application(
+        middlewares=[
+            observe,  # 1. context, request id, audit + metrics for every request
+            session_middleware(storage),  # 2. sessions for the gateway's own pages and the gate
+        ],
+        handler_args={"max_field_size": 16384},
+    )
+    app.cleanup_ctx.append(_services(holder, watch_files))
+    app.router.add_route("*", "/{path:.*}", entry)
+    return app
+
+
+def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        snapshot = holder.current
+        secret_key = load_secret_key(snapshot.paths.secret_key_file)
+        store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
+        audit = AuditLog(
+            snapshot.paths.audit_file,
+            secret_key.derive("audit-chain"),
+            head_sink=lambda chain, seq, digest: store.audit_head_put(chain, seq, digest, time.time()),
+        )
+        await audit.start()
+        keyring = KeyRing(store, secret_key)
+        await keyring.load_or_create()
+        http = Forwarder.new_session()
+        services = Services(
+            holder=holder,
+            secret_key=secret_key,
+            metrics=Metrics(),
+            audit=audit,
+            store=store,
+            keyring=keyring,
+            forwarder=Forwarder(http),
+            csrf=Csrf(secret_key.derive("csrf")),
+            pages=build_pages(),
+            started_at=time.time(),
+        )
+        app[SERVICES] = services
+        holder.on_reload(_reload_listener(services))
+        services.metrics.policy_generation.set(snapshot.generation)
+        tasks = [
+            asyncio.create_task(_every(KEY_REFRESH_INTERVAL, keyring.refresh)),
+            asyncio.create_task(
+                _every(SESSION_PURGE_INTERVAL, lambda: store.sessions_purge_expired(time.time()))
+            ),
+        ]
+        if watch_files:
+            tasks.append(asyncio.create_task(watch(holder)))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(holder.reload()))
+        audit.record(
+            "gateway.started",
+            flush=True,
+            policy_generation=snapshot.generation,
+            fingerprint=snapshot.fingerprint[:16],
+        )
+        services.ready = True
+        try:
+            yield
+        finally:
+            services.ready = False
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await http.close()
+            await audit.close()
+            await store.close()
+
+    return ctx
+
+
+async def _every(seconds: float, job) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception:
+            log.exception("periodic_job_failed", job=getattr(job, "__qualname__", str(job)))
+
+
+def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
+    async def on_reload(result: LoadResult, previous: Snapshot) -> None:
+        audit = services.audit
+        if result.snapshot is None:
+            errors = [str(p) for p in result.report.errors]
+            services.metrics.reloads.labels("failed").inc()
+            log.error("policy_rejected", errors=errors, kept_generation=previous.generation)
+            audit.record("policy.rejected", flush=True, decision=None, errors=errors,
+                         files=list(result.files), kept_generation=previous.generation)
+            return
+        services.metrics.reloads.labels("ok").inc()
+        new = result.snapshot
+        if new.fingerprint == previous.fingerprint:
+            return
+        services.metrics.policy_generation.set(new.generation)
+        for warning in new.warnings:
+            log.warning("policy_warning", warning=warning)
+        restart = [k for k in ("listen", "tls") if getattr(new.config, k) != getattr(previous.config, k)]
+        if restart:
+            log.warning(
+                "restart_required",
+                keys=restart,
+                hint="listen/tls changes take effect only after a restart; "
+                "the gateway keeps serving on the old address",
+            )
+        log.info("policy_reloaded", generation=new.generation, files=list(result.files))
+        audit.record("policy.reloaded", flush=True, generation=new.generation,
+                     fingerprint=new.fingerprint[:16], files=list(result.files),
+                     warnings=list(new.warnings) or None)
+
+    return on_reload
+
+
+def initial_holder(config_file: Path, result: LoadResult) -> PolicyHolder:
+    assert result.snapshot is not None
+    holder = PolicyHolder(config_file, result.snapshot)
+    holder.last_result = result
+    return holder

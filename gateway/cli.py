@@ -1,0 +1,270 @@
+"""The command line (PRODUCT.md section 11): parse, call, print. Exit 2 is a usage error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import hashlib
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import orjson
+
+from gateway.policy.source import LoadResult, load
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_WARNINGS = 0, 1, 2, 3
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG),
+                        help=f"the gateway.yaml to use (default {DEFAULT_CONFIG})")
+    p = argparse.ArgumentParser(prog="gateway", description="Access gateway", parents=[common])
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = sub.add_parser("run", parents=[common], help="serve")
+    run.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    run.add_argument("--port", type=int, default=None, help="override listen.port")
+
+    check = sub.add_parser("check", parents=[common], help="validate config and policies")
+    check.add_argument("--client-ip", help="warn when this IP would be locked out of a surface")
+
+    ex = sub.add_parser("explain", parents=[common], help="the decision for a request, step by step")
+    ex.add_argument("--surface", required=True, choices=["dashboard", "api"])
+    ex.add_argument("--ip", required=True)
+    who = ex.add_mutually_exclusive_group()
+    who.add_argument("--user")
+    who.add_argument("--account")
+    ex.add_argument("--host", help="the Host header (apps matched by host)")
+    ex.add_argument("method")
+    ex.add_argument("path")
+
+    sub.add_parser("hash-password", parents=[common],
+                   help="argon2id hash for users.yaml (stdin or prompt)")
+
+    apikey = sub.add_parser("apikey", parents=[common], help="service account keys")
+    apikey_sub = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = apikey_sub.add_parser("create", parents=[common], help="print a new key and its hash")
+    create.add_argument("name")
+
+    user = sub.add_parser("user", parents=[common], help="act on a user's account")
+    user_sub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in [("reset-2fa", "remove the authenticator; enroll again at next sign-in"),
+                         ("unlock", "lift a sign-in ban"),
+                         ("revoke-sessions", "sign the user out everywhere"),
+                         ("expire-password", "force a password change at next sign-in")]:
+        a = user_sub.add_parser(action, parents=[common], help=text)
+        a.add_argument("user")
+
+    audit = sub.add_parser("audit", parents=[common], help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = audit_sub.add_parser("verify", parents=[common], help="check the hash chains")
+    verify.add_argument("path", nargs="?", type=Path)
+    tail = audit_sub.add_parser("tail", parents=[common], help="the last records")
+    tail.add_argument("path", nargs="?", type=Path)
+    tail.add_argument("-n", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true")
+
+    demo = sub.add_parser("demo", parents=[common], help="gateway + demo dashboard and API")
+    demo.add_argument("--port", type=int, default=8080)
+    return p
+
+
+def _load_or_report(config: Path) -> LoadResult | None:
+    if not config.exists():
+        print(f"{config}: no such file; pass --config PATH", file=sys.stderr)
+        return None
+    result = load(config)
+    if result.snapshot is None:
+        for problem in result.report.problems:
+            print(problem, file=sys.stderr)
+        print(f"invalid: {len(result.report.errors)} error(s)", file=sys.stderr)
+        return None
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = _VERBS[args.verb]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.serve import run
+
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    return run(args.config, args.workers, args.port)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.cli_checks import run_checks
+
+    return run_checks(args.config, args.client_ip)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from gateway.policy.explain import explain
+
+    result = _load_or_report(args.config)
+    if result is None:
+        return EXIT_INVALID
+    assert result.snapshot is not None
+    out = explain(result.snapshot, surface=args.surface, ip=args.ip, method=args.method,
+                  path=args.path, user=args.user, account=args.account, host=args.host)
+    print(out.render())
+    return EXIT_OK if out.decision == "allow" else EXIT_INVALID
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from gateway.services.passwords import MAX_PASSWORD_LENGTH, hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the two passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("empty password", file=sys.stderr)
+        return EXIT_USAGE
+    if len(password) > MAX_PASSWORD_LENGTH:
+        print(f"longer than {MAX_PASSWORD_LENGTH} characters", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    key = "gwk_" + secrets.token_urlsafe(32)
+    print(f"key: {key}")
+    print(f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}")
+    print(f"# put key_sha256 under service_accounts.{args.name} in policies/; "
+          "the key is shown only now", file=sys.stderr)
+    return EXIT_OK
+
+
+def _with_store(args: argparse.Namespace,
+                job: Callable[..., Awaitable[int]]) -> int:
+    """Open the state store and an audit log of the config, run job(snapshot, store, audit)."""
+    from gateway.services.audit import AuditLog
+    from gateway.services.secret_key import load_secret_key
+    from gateway.services.store import open_store
+
+    result = _load_or_report(args.config)
+    if result is None:
+        return EXIT_INVALID
+    snapshot = result.snapshot
+    assert snapshot is not None
+
+    async def go() -> int:
+        key = load_secret_key(snapshot.paths.secret_key_file)
+        store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
+        audit = AuditLog(snapshot.paths.audit_file, key.derive("audit-chain"),
+                         head_sink=lambda c, s, h: store.audit_head_put(c, s, h, time.time()))
+        await audit.start()
+        try:
+            return await job(snapshot, store, audit)
+        finally:
+            await audit.close()
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from gateway.services import accounts
+
+    async def job(snapshot, store, audit) -> int:  # type: ignore[no-untyped-def]
+        name = args.user
+        if name not in snapshot.users:
+            print(f"no user {name!r} in {snapshot.paths.policies_dir}", file=sys.stderr)
+            return EXIT_INVALID
+        fields = {"principal": name, "surface": None, "decision": None, "by": "cli"}
+        if args.action == "reset-2fa":
+            revoked = await accounts.reset_2fa(store, name)
+            audit.record("totp.reset", flush=True, sessions_revoked=revoked, **fields)
+            print(f"{name}: authenticator removed, {revoked} session(s) ended; "
+                  "they enroll again at their next sign-in")
+        elif args.action == "unlock":
+            await accounts.unlock(store, name)
+            audit.record("login.unlocked", flush=True, **fields)
+            print(f"{name}: sign-in ban lifted")
+        elif args.action == "revoke-sessions":
+            revoked = await store.sessions_revoke_user(name)
+            audit.record("session.revoked", flush=True, sessions_revoked=revoked, **fields)
+            print(f"{name}: {revoked} session(s) ended")
+        elif args.action == "expire-password":
+            await store.password_expire(name)
+            audit.record("password.expired", flush=True, **fields)
+            print(f"{name}: must choose a new password at next sign-in")
+        return EXIT_OK
+
+    return _with_store(args, job)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gateway.services.audit_verify import follow, tail, verify
+
+    if args.action == "tail":
+        path = args.path or _audit_path(args.config)
+        if path is None:
+            return EXIT_INVALID
+        records = follow(path, args.n) if args.follow else tail(path, args.n)
+        for record in records:
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+            sys.stdout.flush()
+        return EXIT_OK
+
+    async def job(snapshot, store, audit) -> int:  # type: ignore[no-untyped-def]
+        await audit.close()  # this command writes nothing to the file it checks
+        heads = [(h.chain, h.seq, h.hash) for h in await store.audit_heads()]
+        from gateway.services.secret_key import load_secret_key
+
+        key = load_secret_key(snapshot.paths.secret_key_file).derive("audit-chain")
+        path = args.path or snapshot.paths.audit_file
+        report = verify(path, key, heads)
+        for problem in report.problems:
+            print(problem)
+        state = "ok" if report.ok else "FAILED"
+        print(f"{state}: {report.records} records in {report.chains} chain(s), "
+              f"{len(report.problems)} problem(s)")
+        return EXIT_OK if report.ok else EXIT_INVALID
+
+    return _with_store(args, job)
+
+
+def _audit_path(config: Path) -> Path | None:
+    result = _load_or_report(config)
+    return result.snapshot.paths.audit_file if result and result.snapshot else None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.run import run_demo
+
+    return run_demo(args.port)
+
+
+_VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "explain": cmd_explain,
+    "hash-password": cmd_hash_password,
+    "apikey": cmd_apikey,
+    "user": cmd_user,
+    "audit": cmd_audit,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Pure access decisions with reason codes, shared by the request path and `gateway explain`.
+
+The codes are the fixed set of PRODUCT.md section 4; the same code appears in the response, the
+audit record and the explanation.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Final
+
+from gateway.policy.snapshot import AppRoute, Role, ServiceAccount, Snapshot, SurfacePolicy
+from gateway.web.paths import path_has_prefix
+
+IP_NOT_ALLOWED: Final = "ip_not_allowed"
+UNAUTHENTICATED: Final = "unauthenticated"
+FORBIDDEN: Final = "forbidden"
+BAD_REQUEST: Final = "bad_request"
+NOT_FOUND: Final = "not_found"
+UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
+UPSTREAM_TIMEOUT: Final = "upstream_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    code: str | None = None  # the reason code of a denial (or of a monitored would-be denial)
+    reason: str = ""  # one sentence for people: audit `reasons`, `gateway explain`
+    monitored: bool = False  # denied by policy but let through because the surface monitors
+
+    @property
+    def label(self) -> str:
+        return "allow" if self.allowed else f"deny:{self.code}"
+
+
+def allow(reason: str) -> Decision:
+    return Decision(True, None, reason)
+
+
+def deny(code: str, reason: str) -> Decision:
+    return Decision(False, code, reason)
+
+
+def match_route(snapshot: Snapshot, host: str | None, path: str) -> AppRoute | None:
+    """Host (case-insensitive, no port) + longest path prefix; tables are ordered at compile."""
+    routes = snapshot.routes_by_host.get(host, snapshot.default_routes) if host else None
+    for route in routes if routes is not None else snapshot.default_routes:
+        if path_has_prefix(path, route.prefix):
+            return route
+    return None
+
+
+def check_allowlist(
+    surface: SurfacePolicy, protection_enabled: bool, ip: tuple[int, int] | None
+) -> Decision:
+    if not protection_enabled:
+        return allow("protection is disabled: allowlists are not applied")
+    if not surface.allowlist_enabled:
+        return allow(f"the {surface.name} allowlist is disabled")
+    if ip is not None:
+        version, value = ip
+        index = surface.allowlist.which(value, version)
+        if index is not None:
+            entry = surface.entries[index]
+            label = f" ({entry.description})" if entry.description else ""
+            return allow(f"allowlists.{surface.name}.entries[{index}] {entry.ip}{label} matches")
+    reason = f"the client IP is in no entry of allowlists.{surface.name}"
+    if surface.monitor:
+        return Decision(True, IP_NOT_ALLOWED, reason + " (monitor mode: let through)", True)
+    return deny(IP_NOT_ALLOWED, reason)
+
+
+def find_account(snapshot: Snapshot, digest: bytes) -> ServiceAccount | None:
+    """Look the key's sha256 up, then compare in constant time (defence in depth)."""
+    account = snapshot.accounts_by_digest.get(digest)
+    if account is not None and hmac.compare_digest(account.key_digest, digest):
+        return account
+    return None
+
+
+def check_account(
+    account: ServiceAccount, ip: tuple[int, int] | None, now: float
+) -> Decision:
+    if account.expires_at is not None and now >= account.expires_at:
+        return deny(UNAUTHENTICATED, f"service account {account.name!r} has expired")
+    if account.allow is not None and (ip is None or not account.allow.contains(ip[1], ip[0])):
+        return deny(
+            IP_NOT_ALLOWED,
+            f"the client IP is not in service_accounts.{account.name}.allow",
+        )
+    return allow(f"API key of service account {account.name!r}")
+
+
+def authorize(
+    snapshot: Snapshot, grants: dict[str, str] | object, app: AppRoute, method: str, path: str
+) -> tuple[Decision, str | None]:
+    """The principal's grant on the app names a role; the role's rules decide. -> (decision, role)"""
+    role_name = grants.get(app.name)  # type: ignore[attr-defined]
+    if role_name is None:
+        return deny(FORBIDDEN, f"no grant on app {app.name!r}"), None
+    role = snapshot.roles.get(role_name)
+    if role is None:  # validation refuses this; fail closed all the same
+        return deny(FORBIDDEN, f"role {role_name!r} is not defined"), role_name
+    return check_role(role, method, app.relative(path)), role_name
+
+
+def check_role(role: Role, method: str, path: str) -> Decision:
+    """Deny rules win over allow rules; nothing matched is denied."""
+    for rule in role.deny:
+        if (rule.methods is None or method in rule.methods) and path_has_prefix(path, rule.prefix):
+            return deny(FORBIDDEN, f"{rule.describe(role.name)} denies {method} {path}")
+    for rule in role.allow:
+        if (rule.methods is None or method in rule.methods) and path_has_prefix(path, rule.prefix):
+            return allow(f"{rule.describe(role.name)} allows {method} {path}")
+    return deny(FORBIDDEN, f"no rule of role {role.name!r} allows {method} {path}")

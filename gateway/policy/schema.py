@@ -1,0 +1,297 @@
+"""The shape of config/gateway.yaml and policies/*.yaml, with their defaults.
+
+Every model forbids unknown keys (a typo is an error, never silently ignored) and is frozen.
+Values are parsed into their final types here (durations to seconds, networks to netaddr), so the
+compiler never re-parses text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Literal
+
+import netaddr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "*"}
+)
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30s, 10m, 12h or 7d, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration like 30s, 10m, 12h or 7d, got {value!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _network(value: object) -> netaddr.IPNetwork:
+    """An address or CIDR; host bits set (10.0.0.1/24) are refused rather than widened."""
+    if isinstance(value, netaddr.IPNetwork):
+        return value
+    text = str(value).strip()
+    try:
+        net = netaddr.IPNetwork(text)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise ValueError(f"{text!r} is not an IP address or CIDR network") from None
+    if "/" in text and net.ip != net.network:
+        raise ValueError(f"{text!r} has host bits set; did you mean {net.cidr}?")
+    if "/" not in text and ":" not in text and text.count(".") != 3:
+        raise ValueError(f"{text!r} is not a full IPv4 address (write all four parts)")
+    return net.cidr
+
+
+def _methods(value: list[str]) -> tuple[str, ...]:
+    out = []
+    for method in value:
+        upper = str(method).upper()
+        if upper not in HTTP_METHODS:
+            raise ValueError(f"{method!r} is not an HTTP method")
+        out.append(upper)
+    return tuple(out)
+
+
+def _prefix(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a path prefix must start with '/', got {value!r}")
+    return value
+
+
+def _date(value: object) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"expected a date like 2027-06-30, got {value!r}") from None
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Network = Annotated[netaddr.IPNetwork, BeforeValidator(_network)]
+PathPrefix = Annotated[str, AfterValidator(_prefix)]
+Methods = Annotated[tuple[str, ...], AfterValidator(_methods)]
+Date = Annotated[dt.date, BeforeValidator(_date)]
+Surface = Literal["dashboard", "api"]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+# --- config/gateway.yaml -------------------------------------------------------------------------
+
+
+class Listen(Model):
+    host: str = "0.0.0.0"  # noqa: S104 - a front proxy listens on every interface by default
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class Tls(Model):
+    cert: str
+    key: str
+
+
+class AppMatch(Model):
+    host: str | None = None
+    path: PathPrefix = "/"
+
+
+class Timeouts(Model):
+    connect: Duration = 5.0
+    read: Duration = 60.0
+
+
+class AppTimeouts(Model):
+    connect: Duration | None = None
+    read: Duration | None = None
+
+
+class AppSpec(Model):
+    surface: Surface
+    match: AppMatch = AppMatch()
+    upstream: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+    strip_prefix: bool = False
+    timeouts: AppTimeouts = AppTimeouts()
+
+
+class Sessions(Model):
+    store: str = "state"
+    idle_timeout: Duration = 1800.0
+    max_age: Duration = 43200.0
+    cookie_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "gateway_session"
+
+
+class Audit(Model):
+    path: str = "audit/audit.jsonl"
+
+
+class Smtp(Model):
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    sender: str = Field("gateway@localhost", alias="from")
+    starttls: bool = False
+    username: str | None = None
+    password_file: str | None = None
+
+
+class GeoIp(Model):
+    database: str | None = None
+
+
+class GatewayConfig(Model):
+    listen: Listen = Listen()
+    tls: Tls | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~-]+$")] = "/_gateway"
+    ops_allow: tuple[Network, ...] = (
+        netaddr.IPNetwork("127.0.0.0/8"),
+        netaddr.IPNetwork("::1/128"),
+    )
+    state: str = "sqlite:///state/gateway.db"
+    sessions: Sessions = Sessions()
+    secret_key_file: str | None = "state/gateway.key"
+    audit: Audit = Audit()
+    smtp: Smtp | None = None
+    geoip: GeoIp = GeoIp()
+    policies: str = "../policies"
+    upstream_timeouts: Timeouts = Timeouts()
+    apps: dict[Name, AppSpec] = {}
+
+
+# --- policies/*.yaml ---------------------------------------------------------------------------
+
+
+class Modes(Model):
+    dashboard: Literal["enforce", "monitor"] = "enforce"
+    api: Literal["enforce", "monitor"] = "enforce"
+
+
+class Protection(Model):
+    enabled: bool = True
+    mode: Modes = Modes()
+
+
+class AllowEntry(Model):
+    ip: Network
+    description: str = ""
+
+
+class SurfaceAllowlist(Model):
+    enabled: bool = False
+    entries: tuple[AllowEntry, ...] = ()
+
+
+class Allowlists(Model):
+    dashboard: SurfaceAllowlist = SurfaceAllowlist()
+    api: SurfaceAllowlist = SurfaceAllowlist()
+
+
+class User(Model):
+    email: str | None = None
+    password_hash: Annotated[str, Field(pattern=r"^\$argon2(id|i|d)\$")]
+    admin: bool = False
+    grants: dict[Name, Name] = {}
+
+
+class ServiceAccount(Model):
+    key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    grants: dict[Name, Name] = {}
+    allow: tuple[Network, ...] | None = None
+    expires: Date | None = None
+    description: str = ""
+
+
+class Rule(Model):
+    methods: Methods = ("*",)
+    path: PathPrefix = "/"
+
+
+class Role(Model):
+    allow: tuple[Rule, ...] = ()
+    deny: tuple[Rule, ...] = ()
+
+
+class TwoFactor(Model):
+    # Secure by default: a policy that says nothing about 2FA asks everybody for it.
+    enforce: Literal["all", "admins", "none"] = "all"
+    # Authenticator apps split "Issuer:account" at the colon, so the issuer cannot contain one.
+    issuer: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:]+$")] = "Access Gateway"
+
+
+class PasswordPolicy(Model):
+    min_length: int = Field(12, ge=1, le=1024)
+    min_strength: int = Field(3, ge=0, le=4)
+    max_age_days: int = Field(0, ge=0)
+    history: int = Field(5, ge=0, le=100)
+
+
+class PasswordPolicyOverride(Model):
+    min_length: int | None = Field(None, ge=1, le=1024)
+    min_strength: int | None = Field(None, ge=0, le=4)
+    max_age_days: int | None = Field(None, ge=0)
+    history: int | None = Field(None, ge=0, le=100)
+
+
+class AppPolicy(Model):
+    password_policy: PasswordPolicyOverride = PasswordPolicyOverride()
+
+
+class LoginRegulation(Model):
+    max_failures: int = Field(5, ge=1)
+    window: Duration = 600.0
+    ban: Duration = 900.0
+
+
+class Incidents(Model):
+    window: Duration = 86400.0
+    distinct_countries: int = Field(2, ge=2)
+
+
+class TrustedLoginIp(Model):
+    cidr: Network
+    scope: str
+    description: Annotated[str, Field(min_length=1)]
+
+
+class Notifications(Model):
+    enabled: bool = True
+    recipients: Literal["admins"] = "admins"
+
+
+class Retention(Model):
+    login_history_days: int = Field(90, ge=1)
+    audit_days: int = Field(365, ge=1)
+    incidents_days: int = Field(180, ge=1)
+
+
+class LegalContact(Model):
+    name: str
+    email: str
+    role: str = ""
+
+
+class Policy(Model):
+    """The merged policies/*.yaml (each top-level key comes from exactly one file)."""
+
+    protection: Protection = Protection()
+    allowlists: Allowlists = Allowlists()
+    users: dict[Name, User] = {}
+    service_accounts: dict[Name, ServiceAccount] = {}
+    roles: dict[Name, Role] = {}
+    two_factor: TwoFactor = TwoFactor()
+    password_policy: PasswordPolicy = PasswordPolicy()
+    apps_policy: dict[Name, AppPolicy] = {}
+    login_regulation: LoginRegulation = LoginRegulation()
+    incidents: Incidents = Incidents()
+    trusted_login_ips: tuple[TrustedLoginIp, ...] = ()
+    notifications: Notifications = Notifications()
+    retention: Retention = Retention()
+    legal_contacts: tuple[LegalContact, ...] = ()

@@ -1,0 +1,103 @@
+"""`gateway run`: one process, or N workers sharing the port with SO_REUSEPORT.
+
+Every worker loads, watches and reloads the policy on its own and writes its own audit chain into
+the shared audit file. The parent only supervises: it forwards SIGHUP and SIGTERM, and restarts
+a worker that died.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from gateway.app import build_app, initial_holder
+from gateway.policy.source import LoadResult, load
+from gateway.services.secret_key import load_secret_key
+from gateway.settings import serve_settings
+
+log = structlog.get_logger("gateway")
+
+
+def run_worker(config_file: Path, result: LoadResult | None = None, *, reuse_port: bool = False,
+               port: int | None = None) -> None:
+    from gateway.logs import configure_logging
+
+    configure_logging()
+    result = result or load(config_file)
+    if result.snapshot is None:
+        for problem in result.report.errors:
+            log.error("policy_invalid", problem=str(problem))
+        raise SystemExit(1)
+    holder = initial_holder(config_file, result)
+    settings = serve_settings(result.snapshot, port)
+    app = build_app(holder)
+    log.info("listening", host=settings.host, port=settings.port, pid=os.getpid(),
+             tls=settings.ssl_context is not None)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_context=settings.ssl_context,
+        reuse_port=reuse_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+        handle_signals=True,
+    )
+
+
+def run(config_file: Path, workers: int, port: int | None = None) -> int:
+    result = load(config_file)
+    if result.snapshot is None:
+        for problem in result.report.errors:
+            print(problem)
+        return 1
+    # Created once here, so the workers do not race to generate it.
+    load_secret_key(result.snapshot.paths.secret_key_file)
+    if workers <= 1:
+        run_worker(config_file, result, port=port)
+        return 0
+    return _supervise(config_file, workers, port)
+
+
+def _supervise(config_file: Path, workers: int, port: int | None) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[multiprocessing.process.BaseProcess] = []
+    stopping = False
+
+    def start() -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=run_worker, args=(config_file,),
+                           kwargs={"reuse_port": True, "port": port}, daemon=False)
+        proc.start()
+        return proc
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for proc in procs:
+            if proc.pid and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    procs.extend(start() for _ in range(workers))
+    while not stopping:
+        time.sleep(0.5)
+        for i, proc in enumerate(procs):
+            if not proc.is_alive() and not stopping:
+                log.error("worker_died", pid=proc.pid, exitcode=proc.exitcode)
+                time.sleep(1)
+                procs[i] = start()
+    for proc in procs:
+        proc.join(timeout=15)
+    return 0

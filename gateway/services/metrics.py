@@ -1,0 +1,73 @@
+"""Prometheus metrics through prometheus-client.
+
+With several worker processes every process writes its samples to PROMETHEUS_MULTIPROC_DIR (set
+by `gateway run --workers N` before the workers start) and a scrape of any worker aggregates all.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests by surface, app and decision (allow or deny:<code>).",
+            ["surface", "app", "decision"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from the request's arrival to the end of the response, by surface.",
+            ["surface"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.reloads = Counter(
+            "gateway_policy_reloads_total", "Policy reloads by result (ok, failed).", ["result"],
+            registry=r,
+        )
+        self.policy_generation = Gauge(
+            "gateway_policy_generation", "Generation of the policy snapshot in force.",
+            registry=r, multiprocess_mode="max",
+        )
+        self.logins = Counter(
+            "gateway_logins_total", "Sign-in attempts by result.", ["result"], registry=r
+        )
+        self._children: dict[tuple[str, str, str], object] = {}
+        self._latency_children: dict[str, object] = {}
+
+    def observe_request(self, surface: str, app: str, decision: str, seconds: float) -> None:
+        """Label lookups are cached: they would otherwise cost more than the increment."""
+        key = (surface, app, decision)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(surface, app, decision)
+        child.inc()  # type: ignore[attr-defined]
+        hist = self._latency_children.get(surface)
+        if hist is None:
+            hist = self._latency_children[surface] = self.latency.labels(surface)
+        hist.observe(seconds)  # type: ignore[attr-defined]
+
+    def render(self) -> tuple[bytes, str]:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

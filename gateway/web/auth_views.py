@@ -1,0 +1,430 @@
+"""Sign-in views: login, the 2FA prompt and enrollment interstitial, password change, account,
+logout (PRODUCT.md sections 4.4, 9, 10).
+
+A sign-in is a small state machine kept in the server-side session:
+
+    login --password ok--> [password: must change] --> [enroll: 2FA required, none yet]
+          --> [totp: enrolled] --> done
+
+`advance()` picks the next stage; each view accepts only its own stage, so nothing behind the
+gateway, and no other gateway page, is reachable before `done`.
+"""
+
+from __future__ import annotations
+
+import time
+from html import escape
+
+from aiohttp import web
+from aiohttp_session import Session, get_session
+
+from gateway.context import RequestContext, context_of
+from gateway.policy.snapshot import User
+from gateway.services import accounts, totp
+from gateway.services.passwords import PasswordRules
+from gateway.web import forms
+from gateway.web.html import page
+from gateway.web.redirects import safe_next
+from gateway.web.resources import SERVICES, Services
+from gateway.web.sessions import fresh_session, login_state, password_version
+
+SEALER_PURPOSE = "totp-secrets"
+PENDING_SECRET = "pending_totp"
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _url(ctx: RequestContext, name: str) -> str:
+    return f"{ctx.snapshot.prefix}/{name}"
+
+
+def _html(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/html")
+
+
+def audit(request: web.Request, event: str, *, principal: str | None, **fields: object) -> None:
+    ctx = context_of(request)
+    _services(request).audit.record(
+        event,
+        flush=True,
+        request_id=ctx.request_id,
+        client_ip=ctx.client_ip,
+        surface="dashboard",
+        principal=principal,
+        **fields,
+    )
+
+
+def _logout_footer(request: web.Request, ctx: RequestContext) -> str:
+    return forms.logout_form(_url(ctx, "logout"), _services(request).csrf.field(request))
+
+
+def _sealer(request: web.Request):  # type: ignore[no-untyped-def]
+    return _services(request).secret_key.sealer(SEALER_PURPOSE)
+
+
+async def _session_user(request: web.Request, stages: set[str]) -> tuple[Session, User] | None:
+    session = await get_session(request)
+    ctx = context_of(request)
+    user = login_state(session, ctx)
+    if user is None or session.get("stage") not in stages:
+        return None
+    if session.get("pwv") != password_version(user):
+        return None
+    return session, user
+
+
+def _back_to_login(ctx: RequestContext) -> web.HTTPFound:
+    return web.HTTPFound(_url(ctx, "login"))
+
+
+async def advance(request: web.Request, session: Session, user: User) -> web.StreamResponse:
+    """Send a signed-in-so-far user to their next step, or finish the sign-in."""
+    ctx = context_of(request)
+    services = _services(request)
+    now = time.time()
+    reason = await accounts.must_change_password(services.store, user, now)
+    if reason is not None:
+        session["stage"], session["pw_reason"] = "password", reason
+        raise web.HTTPFound(_url(ctx, "password"))
+    session.pop("pw_reason", None)
+    is_enrolled = await accounts.enrolled(services.store, user.name)
+    if is_enrolled and session.get("auth") != "password+totp":
+        session["stage"] = "totp"
+        raise web.HTTPFound(_url(ctx, "2fa/verify"))
+    if not is_enrolled and user.requires_2fa:
+        session["stage"] = "enroll"
+        raise web.HTTPFound(_url(ctx, "2fa/enroll"))
+    if session.get("stage") != "done":
+        session["stage"] = "done"
+        session.setdefault("auth", "password")
+        ctx.principal, ctx.auth = user.name, session["auth"]
+        audit(request, "login.success", principal=user.name, auth=session["auth"],
+              decision="allow", user_agent=request.headers.get("User-Agent", "")[:256])
+        services.metrics.logins.labels("success").inc()
+    raise web.HTTPFound(session.pop("next", None) or "/")
+
+
+# -- login / logout ----------------------------------------------------------------------------
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    services = _services(request)
+    if request.method in ("GET", "HEAD"):
+        next_ = safe_next(request.query.get("next"), ctx.snapshot.prefix)
+        session = await get_session(request)
+        if session.get("stage") == "done" and login_state(session, ctx) is not None:
+            raise web.HTTPFound(next_)
+        return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), next_))
+
+    form = await request.post()
+    username = str(form.get("username", "")).strip()[:128]
+    password = str(form.get("password", ""))
+    next_ = safe_next(str(form.get("next", "")), ctx.snapshot.prefix)
+    now = time.time()
+    user = ctx.snapshot.users.get(username)
+    keys = accounts.subjects(username if user else None, ctx.client_ip)
+    rules = ctx.snapshot.policy.login_regulation
+
+    def again(error: str, status: int) -> web.Response:
+        return _html(
+            forms.login(_url(ctx, "login"), services.csrf.field(request), next_, username, error),
+            status,
+        )
+
+    until = await accounts.banned_until(services.store, keys, now)
+    if until is not None:
+        audit(request, "login.banned", principal=user.name if user else None,
+              decision="deny:too_many_attempts", until=round(until))
+        minutes = max(1, round((until - now) / 60))
+        return again(f"Too many failed attempts. Try again in {minutes} minutes.", 429)
+
+    if not await accounts.check_password(services.store, user, password) or user is None:
+        banned = await accounts.register_failure(services.store, rules, keys, now)
+        services.metrics.logins.labels("failure").inc()
+        audit(request, "login.failure", principal=user.name if user else None,
+              decision="deny:unauthenticated", reason="wrong username or password",
+              known_user=user is not None, flush=True)
+        if banned:
+            audit(request, "login.banned", principal=user.name if user else None,
+                  decision="deny:too_many_attempts", subjects=[b.split(":")[0] for b in banned])
+        return again("Wrong username or password.", 401)
+
+    await accounts.unlock(services.store, user.name)
+    session = await fresh_session(request)
+    session.update({"user": user.name, "pwv": password_version(user), "stage": "password-ok",
+                    "next": next_})
+    return await advance(request, session, user)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    services = _services(request)
+    if request.method in ("GET", "HEAD"):
+        body = "<h1>Sign out</h1><p>Sign out of every app behind this gateway?</p>" + \
+            forms.logout_form(_url(ctx, "logout"), services.csrf.field(request))
+        return _html(page("Sign out", body))
+    session = await get_session(request)
+    user = session.get("user")
+    if user:
+        audit(request, "session.revoked", principal=user, reason="logout")
+    session.invalidate()
+    return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), "/",
+                             notice="You are signed out."))
+
+
+# -- 2FA ---------------------------------------------------------------------------------------
+
+
+async def verify(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    services = _services(request)
+    found = await _session_user(request, {"totp"})
+    if found is None:
+        raise _back_to_login(ctx)
+    session, user = found
+    action = _url(ctx, "2fa/verify")
+    if request.method in ("GET", "HEAD"):
+        return _html(forms.verify(action, services.csrf.field(request),
+                                  logout=_logout_footer(request, ctx)))
+    form = await request.post()
+    code = str(form.get("code", ""))[:64]
+    now = time.time()
+    keys = accounts.subjects(user.name, ctx.client_ip)
+    if await accounts.banned_until(services.store, keys, now) is not None:
+        audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts")
+        session.invalidate()
+        return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), "/",
+                                 error="Too many failed attempts. Try again later."), 429)
+    result = await accounts.verify_second_factor(
+        services.store, _sealer(request), user.name, code, now
+    )
+    if not result.ok:
+        banned = await accounts.register_failure(
+            services.store, ctx.snapshot.policy.login_regulation, keys, now
+        )
+        audit(request, "totp.failure", principal=user.name, decision="deny:unauthenticated",
+              replayed=result.replayed or None)
+        if banned:
+            audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts")
+            session.invalidate()
+            return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), "/",
+                                     error="Too many failed attempts. Try again later."), 429)
+        error = ("That code was already used. Wait for the next one." if result.replayed
+                 else "That code is not valid. Check your app and try again.")
+        return _html(forms.verify(action, services.csrf.field(request), error,
+                                  logout=_logout_footer(request, ctx)), 401)
+    session["auth"] = "password+totp"
+    if result.method == "recovery_code":
+        audit(request, "totp.recovery_code_used", principal=user.name, decision="allow",
+              remaining=result.recovery_codes_left)
+        session["notice"] = (f"You used a recovery code. {result.recovery_codes_left} remain; "
+                             "generate new ones on your account page.")
+    return await advance(request, session, user)
+
+
+async def enroll(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    services = _services(request)
+    found = await _session_user(request, {"enroll", "done"})
+    if found is None:
+        raise _back_to_login(ctx)
+    session, user = found
+    if session["stage"] == "done" and await accounts.enrolled(services.store, user.name):
+        raise web.HTTPFound(_url(ctx, "account"))
+    sealer = _sealer(request)
+    pending = session.get(PENDING_SECRET)
+    secret = accounts.open_secret(sealer, user.name, pending) if pending else None
+    if secret is None:
+        secret = totp.new_secret()
+        session[PENDING_SECRET] = accounts.seal_secret(sealer, user.name, secret)
+    issuer = ctx.snapshot.policy.two_factor.issuer
+    account = user.email or user.name
+    uri = totp.provisioning_uri(secret, account, issuer)
+
+    def render(error: str | None = None, status: int = 200) -> web.Response:
+        return _html(forms.enroll(
+            _url(ctx, "2fa/enroll"), services.csrf.field(request), qr_svg=totp.qr_svg(uri),
+            secret=secret, uri=uri, issuer=issuer, account=account,
+            required=user.requires_2fa, error=error, logout=_logout_footer(request, ctx),
+        ), status)
+
+    if request.method in ("GET", "HEAD"):
+        return render()
+    form = await request.post()
+    codes = await accounts.enroll(
+        services.store, sealer, user.name, secret, str(form.get("code", ""))[:64], time.time()
+    )
+    if codes is None:
+        return render("That code does not match. Check the time on your phone and try again.",
+                      401)
+    session.pop(PENDING_SECRET, None)
+    audit(request, "totp.enrolled", principal=user.name, decision="allow")
+    if session["stage"] == "enroll":
+        session["auth"] = "password+totp"
+        continue_to = _url(ctx, "2fa/continue")
+    else:
+        session["auth"] = "password+totp"
+        continue_to = _url(ctx, "account")
+    return _html(forms.recovery_codes(codes, continue_to))
+
+
+async def enrolled_continue(request: web.Request) -> web.StreamResponse:
+    """After the recovery codes were shown: finish the sign-in."""
+    ctx = context_of(request)
+    found = await _session_user(request, {"enroll"})
+    if found is None:
+        raise _back_to_login(ctx)
+    session, user = found
+    return await advance(request, session, user)
+
+
+# -- password ----------------------------------------------------------------------------------
+
+
+def describe_rules(rules: PasswordRules) -> str:
+    parts = [f"At least {rules.min_length} characters"]
+    if rules.min_strength:
+        parts.append("hard to guess (avoid names, dates and common words)")
+    if rules.history:
+        parts.append(f"not one of your last {rules.history} passwords")
+    return "; ".join(parts) + "."
+
+
+async def change_password(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    services = _services(request)
+    found = await _session_user(request, {"password", "done"})
+    if found is None:
+        raise _back_to_login(ctx)
+    session, user = found
+    forced = session["stage"] == "password"
+
+    def render(errors: list[str] | None = None, notice: str | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+        return _html(forms.password(
+            _url(ctx, "password"), services.csrf.field(request),
+            reason=session.get("pw_reason") if forced else None,
+            rules=describe_rules(user.password_rules), errors=errors or (), notice=notice,
+            logout=_logout_footer(request, ctx),
+        ), status)
+
+    if request.method in ("GET", "HEAD"):
+        return render()
+    form = await request.post()
+    current = str(form.get("current_password", ""))
+    new = str(form.get("new_password", ""))
+    confirm = str(form.get("new_password_confirm", ""))
+    if not await accounts.check_password(services.store, user, current):
+        now = time.time()
+        keys = accounts.subjects(user.name, ctx.client_ip)
+        await accounts.register_failure(
+            services.store, ctx.snapshot.policy.login_regulation, keys, now
+        )
+        audit(request, "login.failure", principal=user.name, decision="deny:unauthenticated",
+              reason="wrong current password on the password page")
+        return render(["Your current password is not correct."], status=400)
+    if new != confirm:
+        return render(["The two new passwords are not the same."], status=400)
+    violations = await accounts.change_password(services.store, user, new, time.time())
+    if violations:
+        return render([v.message for v in violations], status=400)
+    audit(request, "password.changed", principal=user.name, decision="allow",
+          forced=forced or None)
+    if forced:
+        return await advance(request, session, user)
+    return render(notice="Your password was changed.")
+
+
+# -- account -----------------------------------------------------------------------------------
+
+
+async def account(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    services = _services(request)
+    found = await _session_user(request, {"done"})
+    if found is None:
+        raise _back_to_login(ctx)
+    session, user = found
+    error = notice = None
+    if request.method == "POST":
+        form = await request.post()
+        action = str(form.get("action", ""))
+        code = str(form.get("code", ""))[:64]
+        if action in ("regenerate_codes", "disable_2fa", "reenroll_2fa"):
+            if action == "disable_2fa" and user.requires_2fa:
+                error = "Your organisation requires two-factor authentication; it cannot be off."
+            else:
+                result = await accounts.verify_second_factor(
+                    services.store, _sealer(request), user.name, code, time.time()
+                )
+                if not result.ok:
+                    audit(request, "totp.failure", principal=user.name,
+                          decision="deny:unauthenticated", page="account")
+                    error = "That code is not valid. Enter a current code from your app."
+                elif action == "regenerate_codes":
+                    codes = await accounts.new_recovery_codes(services.store, user.name,
+                                                              time.time())
+                    audit(request, "totp.recovery_codes_regenerated", principal=user.name,
+                          decision="allow")
+                    return _html(forms.recovery_codes(codes, _url(ctx, "account"),
+                                                      regenerated=True))
+                else:
+                    await services.store.totp_delete(user.name)
+                    audit(request, "totp.reset", principal=user.name, decision="allow",
+                          by="user", reenroll=action == "reenroll_2fa")
+                    if action == "reenroll_2fa":
+                        raise web.HTTPFound(_url(ctx, "2fa/enroll"))
+                    session["auth"] = "password"
+                    notice = "Two-factor authentication is off."
+    notice = notice or session.pop("notice", None)
+    return _html(await _account_page(request, ctx, user, error, notice))
+
+
+async def _account_page(request: web.Request, ctx: RequestContext, user: User,
+                        error: str | None, notice: str | None) -> str:
+    services = _services(request)
+    csrf = services.csrf.field(request)
+    action = escape(_url(ctx, "account"))
+    record = await services.store.totp_get(user.name)
+    alerts = (f'<div class="error" role="alert">{escape(error)}</div>' if error else "") + (
+        f'<div class="notice" role="status">{escape(notice)}</div>' if notice else "")
+
+    def code_form(act: str, label: str, cls: str = "secondary") -> str:
+        return (f'<form method="post" action="{action}">{csrf}'
+                f'<input type="hidden" name="action" value="{act}">'
+                f'<label for="code-{act}">Current code for “{escape(label)}”</label>'
+                f'<input type="text" id="code-{act}" name="code" autocomplete="one-time-code" '
+                f'inputmode="numeric" required><button type="submit" class="{cls}">'
+                f"{escape(label)}</button></form>")
+
+    if record is None:
+        two_fa = ('<p>Two-factor authentication is <strong>off</strong>.</p>'
+                  f'<p><a href="{escape(_url(ctx, "2fa/enroll"))}">Turn it on</a></p>')
+    else:
+        left = sum(1 for c in await services.store.recovery_codes(user.name) if c.used_at is None)
+        two_fa = (f"<p>Two-factor authentication is <strong>on</strong>. "
+                  f"{left} recovery codes left.</p>"
+                  + code_form("regenerate_codes", "New recovery codes")
+                  + code_form("reenroll_2fa", "Move to a new phone"))
+        if not user.requires_2fa:
+            two_fa += code_form("disable_2fa", "Turn off two-factor authentication")
+    admin = (f'<p><a href="{escape(_url(ctx, "admin/"))}">Gateway admin</a></p>'
+             if user.admin else "")
+    body = (f"<h1>Your account</h1>{alerts}<p>Signed in as <strong>{escape(user.name)}</strong>"
+            f"{' (' + escape(user.email) + ')' if user.email else ''}.</p>"
+            f"<h2>Password</h2><p><a href=\"{escape(_url(ctx, 'password'))}\">"
+            f"Change your password</a></p><h2>Two-factor authentication</h2>{two_fa}{admin}")
+    return page("Your account", body, footer=_logout_footer(request, ctx))
+
+
+def register(pages) -> None:  # type: ignore[no-untyped-def]
+    pages.add("login", login, "dashboard", ("GET", "POST"))
+    pages.add("logout", logout, "dashboard", ("GET", "POST"))
+    pages.add("2fa/verify", verify, "dashboard", ("GET", "POST"))
+    pages.add("2fa/enroll", enroll, "dashboard", ("GET", "POST"))
+    pages.add("2fa/continue", enrolled_continue, "dashboard", ("GET",))
+    pages.add("password", change_password, "dashboard", ("GET", "POST"))
+    pages.add("account", account, "dashboard", ("GET", "POST"))

@@ -1,0 +1,116 @@
+"""The sign-in pages' markup (PRODUCT.md section 10): plain forms, a label for every field, the
+autocomplete hints password managers rely on, a hidden CSRF token, no JavaScript."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from gateway.web.html import page
+
+
+def _alert(error: str | None, notice: str | None = None) -> str:
+    out = ""
+    if error:
+        out += f'<div class="error" role="alert">{escape(error)}</div>'
+    if notice:
+        out += f'<div class="notice" role="status">{escape(notice)}</div>'
+    return out
+
+
+def _hidden(name: str, value: str) -> str:
+    return f'<input type="hidden" name="{name}" value="{escape(value)}">'
+
+
+def login(action: str, csrf: str, next_: str, username: str = "", error: str | None = None,
+          notice: str | None = None) -> str:
+    body = f"""<h1>Sign in</h1>{_alert(error, notice)}
+<form method="post" action="{escape(action)}">{csrf}{_hidden("next", next_)}
+<label for="username">Username</label>
+<input type="text" id="username" name="username" autocomplete="username" autocapitalize="none"
+ spellcheck="false" required autofocus value="{escape(username)}">
+<label for="password">Password</label>
+<input type="password" id="password" name="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button></form>"""
+    return page("Sign in", body)
+
+
+def verify(action: str, csrf: str, error: str | None = None, logout: str = "") -> str:
+    body = f"""<h1>Two-factor authentication</h1>{_alert(error)}
+<p>Enter the 6-digit code from your authenticator app.</p>
+<form method="post" action="{escape(action)}">{csrf}
+<label for="code">Authentication code</label>
+<input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric"
+ autocapitalize="none" spellcheck="false" required autofocus aria-describedby="code-help">
+<p id="code-help" class="muted">Lost your phone? Enter one of your recovery codes instead.</p>
+<button type="submit">Verify</button></form>"""
+    return page("Two-factor authentication", body, footer=logout)
+
+
+def enroll(action: str, csrf: str, *, qr_svg: str, secret: str, uri: str, issuer: str,
+           account: str, required: bool, error: str | None = None, logout: str = "") -> str:
+    grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+    why = (
+        "Your organisation requires two-factor authentication. Set it up to continue."
+        if required
+        else "Add an extra step to your sign-in."
+    )
+    body = f"""<h1>Set up two-factor authentication</h1>{_alert(error)}
+<p>{escape(why)}</p>
+<ol>
+<li>Open an authenticator app (Google Authenticator, Authy, 1Password, ...) and scan this code.
+<div class="qr">{qr_svg}</div></li>
+<li>Can't scan? Enter this key by hand:
+<p class="secret" id="secret" data-totp-secret="{escape(secret)}"><strong>{escape(grouped)}</strong></p>
+<p class="muted">The app will show it as <strong>{escape(issuer)}</strong> ({escape(account)}).
+On your phone you can also <a href="{escape(uri)}">open it in your authenticator app</a>.</p></li>
+<li>Enter the 6-digit code the app shows to confirm.</li>
+</ol>
+<form method="post" action="{escape(action)}">{csrf}
+<label for="code">Code from the app</label>
+<input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric"
+ autocapitalize="none" spellcheck="false" required>
+<button type="submit">Confirm and turn on</button></form>"""
+    return page("Set up two-factor authentication", body, footer=logout)
+
+
+def recovery_codes(codes: Sequence[str], continue_to: str, *, regenerated: bool = False) -> str:
+    items = "".join(f'<li><code data-recovery-code="{escape(c)}">{escape(c)}</code></li>'
+                    for c in codes)
+    lead = ("Your new recovery codes replace the old ones."
+            if regenerated else "Two-factor authentication is on.")
+    body = f"""<h1>Save your recovery codes</h1>
+<div class="notice" role="status">{escape(lead)}</div>
+<p>If you lose your phone, each of these codes signs you in once. Store them somewhere safe,
+like a password manager. <strong>They are shown only this once.</strong></p>
+<ol class="codes">{items}</ol>
+<p><a href="{escape(continue_to)}">I have saved my codes — continue</a></p>"""
+    return page("Save your recovery codes", body)
+
+
+def password(action: str, csrf: str, *, reason: str | None, rules: str, errors: Sequence[str] = (),
+             notice: str | None = None, logout: str = "") -> str:
+    problems = ""
+    if errors:
+        items = "".join(f"<li>{escape(e)}</li>" for e in errors)
+        problems = f'<div class="error" role="alert"><ul>{items}</ul></div>'
+    lead = f"<p>{escape(reason)}</p>" if reason else ""
+    body = f"""<h1>Change your password</h1>{lead}{problems}{_alert(None, notice)}
+<form method="post" action="{escape(action)}">{csrf}
+<label for="current_password">Current password</label>
+<input type="password" id="current_password" name="current_password"
+ autocomplete="current-password" required>
+<label for="new_password">New password</label>
+<input type="password" id="new_password" name="new_password" autocomplete="new-password" required
+ aria-describedby="rules">
+<p id="rules" class="muted">{escape(rules)}</p>
+<label for="new_password_confirm">New password again</label>
+<input type="password" id="new_password_confirm" name="new_password_confirm"
+ autocomplete="new-password" required>
+<button type="submit">Change password</button></form>"""
+    return page("Change your password", body, footer=logout)
+
+
+def logout_form(action: str, csrf: str) -> str:
+    return (f'<form method="post" action="{escape(action)}">{csrf}'
+            '<button type="submit" class="secondary">Sign out</button></form>')

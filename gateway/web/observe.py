@@ -1,0 +1,87 @@
+"""The outermost middleware: request id, client IP, the snapshot for this request, and on the way
+out the request id header, the audit record and the metrics. Every request passes here, whatever
+answers it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+
+from gateway.context import CONTEXT_KEY, RequestContext
+from gateway.policy import decide
+from gateway.web.client_ip import resolve_client
+from gateway.web.resources import SERVICES
+
+log = structlog.get_logger("gateway.request")
+
+
+@web.middleware
+async def observe(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+    services = request.app[SERVICES]
+    snapshot = services.holder.current
+    client = resolve_client(request.remote, request.headers, snapshot.trusted_proxies)
+    ctx = RequestContext(
+        request_id=str(uuid.uuid4()),
+        started=time.perf_counter(),
+        snapshot=snapshot,
+        client_ip=client.text,
+        client_addr=client.parsed,
+        secure=request.secure or client.proto == "https",
+    )
+    request[CONTEXT_KEY] = ctx
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=ctx.request_id, client_ip=ctx.client_ip)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Gateway-Request-Id"] = ctx.request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Gateway-Request-Id"] = ctx.request_id
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=ctx.path)
+        ctx.decision = ctx.decision or decide.deny("internal_error", "unhandled error")
+        status = 500
+        return _internal_error(request, ctx)
+    finally:
+        elapsed = time.perf_counter() - ctx.started
+        decision = ctx.decision.label if ctx.decision else ("allow" if status < 400 else "error")
+        app = ctx.app.name if ctx.app else None
+        services.audit.record(
+            "request",
+            request_id=ctx.request_id,
+            client_ip=ctx.client_ip,
+            surface=ctx.surface,
+            app=app,
+            principal=ctx.principal,
+            auth=ctx.auth,
+            decision=decision,
+            method=request.method,
+            path=ctx.path if ctx.path is not None else request.raw_path.split("?", 1)[0][:512],
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
+            reasons=ctx.reasons or None,
+            monitor=ctx.monitored or None,
+        )
+        services.metrics.observe_request(ctx.surface or "gateway", app or "", decision, elapsed)
+
+
+def _internal_error(request: web.Request, ctx: RequestContext) -> web.Response:
+    from gateway.web.html import message_page
+
+    response = web.Response(
+        status=500,
+        text=message_page(
+            "Something went wrong", "The gateway could not handle this request.", ctx.request_id
+        ),
+        content_type="text/html",
+    )
+    response.headers["X-Gateway-Request-Id"] = ctx.request_id
+    return response

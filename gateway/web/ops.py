@@ -1,0 +1,67 @@
+"""healthz (the process answers), readyz (it can serve: policy loaded, store reachable, last
+reload not rejected), metrics (Prometheus) and jwks.json (the assertion's public keys)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+from aiohttp import web
+
+from gateway.web.resources import SERVICES
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    snapshot = services.holder.current
+    problems = list(services.problems)
+    try:
+        await asyncio.wait_for(services.store.ping(), timeout=2)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the type is reported
+        problems.append(f"state store unreachable ({type(exc).__name__})")
+    rejected = services.holder.rejected
+    policy: dict[str, object] = {
+        "generation": snapshot.generation,
+        "fingerprint": snapshot.fingerprint[:16],
+        "files": list(services.holder.last_result.files) if services.holder.last_result else [],
+        "warnings": list(snapshot.warnings),
+    }
+    if rejected is not None:
+        # The last good policy stays in force; the rejection is visible here until fixed.
+        policy["rejected"] = [str(p) for p in rejected.report.errors]
+    body = {
+        "status": "ready" if services.ready and not problems else "not ready",
+        "problems": problems,
+        "policy": policy,
+        "uptime_s": round(time.time() - services.started_at, 1),
+    }
+    return _json(body, 200 if body["status"] == "ready" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[SERVICES].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[SERVICES].keyring.signer.jwks_json,
+        content_type="application/json",
+        headers={"Cache-Control": "public, max-age=60"},
+    )

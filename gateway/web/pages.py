@@ -1,0 +1,91 @@
+"""The gateway's own pages under {prefix}: a fixed table, each entry with its access rule.
+
+    open       healthz, readyz, jwks.json: anyone who can reach the gateway
+    ops        metrics: client IP in `ops_allow`
+    dashboard  login, 2FA, account, admin: the dashboard surface and its allowlist; POSTs carry
+               a CSRF token. The views themselves decide who is signed in far enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+
+from gateway.context import RequestContext
+from gateway.policy import decide
+from gateway.web.errors import error_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Access = Literal["open", "ops", "dashboard"]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    methods: frozenset[str]
+    handler: Handler
+    access: Access
+
+
+class Pages:
+    def __init__(self) -> None:
+        self._table: dict[str, Page] = {}
+
+    def add(self, path: str, handler: Handler, access: Access, methods: tuple[str, ...]) -> None:
+        """path is relative to the prefix, e.g. 'login' or 'admin/'."""
+        names = set(methods)
+        if "GET" in names:
+            names.add("HEAD")
+        self._table[path] = Page(frozenset(names), handler, access)
+
+    async def dispatch(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+        from gateway.web.gate import check_surface, deny
+        from gateway.web.resources import SERVICES
+
+        snapshot = ctx.snapshot
+        assert ctx.path is not None
+        name = ctx.path[len(snapshot.prefix) :].lstrip("/")
+        page = self._table.get(name)
+        if page is None and name == "":
+            raise web.HTTPFound(f"{snapshot.prefix}/account")
+        if page is None:
+            ctx.surface = "dashboard"
+            return deny(request, ctx, decide.deny(decide.NOT_FOUND, "no gateway page here"))
+        if page.access == "ops":
+            ip = ctx.client_addr
+            if ip is None or not snapshot.ops_allow.contains(ip[1], ip[0]):
+                return deny(request, ctx, decide.deny(decide.IP_NOT_ALLOWED, "not in ops_allow"))
+        elif page.access == "dashboard":
+            ctx.surface = "dashboard"
+            verdict = check_surface(ctx)
+            if not verdict.allowed:
+                return deny(request, ctx, verdict)
+        if request.method not in page.methods:
+            ctx.decision = decide.deny("method_not_allowed", f"{request.method} not accepted")
+            return error_response(
+                request, "method_not_allowed", surface=ctx.surface, request_id=ctx.request_id,
+                headers={"Allow": ", ".join(sorted(page.methods))},
+            )
+        if page.access == "dashboard" and request.method == "POST":
+            form = await request.post()
+            submitted = form.get("csrf_token")
+            csrf = request.app[SERVICES].csrf
+            if not isinstance(submitted, str) or not csrf.valid(request, submitted):
+                return deny(
+                    request, ctx, decide.deny(decide.FORBIDDEN, "missing or invalid CSRF token")
+                )
+        ctx.decision = ctx.decision or decide.allow(f"gateway page {name or '/'}")
+        response = await page.handler(request)
+        if page.access == "dashboard":
+            request.app[SERVICES].csrf.finish(request, response)
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            )
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response

@@ -1,0 +1,39 @@
+"""The process-wide services the request path uses, reachable as request.app[SERVICES]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway.policy.source import PolicyHolder
+from gateway.services.metrics import Metrics
+from gateway.services.secret_key import SecretKey
+from gateway.services.signing import KeyRing
+from gateway.services.store import StateStore
+
+if TYPE_CHECKING:
+    from gateway.services.audit import AuditLog
+    from gateway.web.csrf import Csrf
+    from gateway.web.pages import Pages
+    from gateway.web.proxy import Forwarder
+
+
+@dataclass
+class Services:
+    holder: PolicyHolder
+    secret_key: SecretKey
+    metrics: Metrics
+    audit: AuditLog
+    store: StateStore
+    keyring: KeyRing
+    forwarder: Forwarder
+    csrf: Csrf
+    pages: Pages
+    started_at: float
+    ready: bool = False
+    problems: list[str] = field(default_factory=list)  # why not ready, for readyz
+
+
+SERVICES = web.AppKey("gateway.services", Services)

@@ -1,0 +1,165 @@
+"""Server-side sessions in the state store, through aiohttp-session.
+
+The cookie holds only a random id (256 bits); the store holds its sha256, so a copy of the
+database does not yield usable cookies. Lifetimes come from the snapshot in force (`sessions:`
+is hot-reloaded): `idle_timeout` since the last request, `max_age` since sign-in.
+
+A sign-in moves through stages kept in the session: `password` (password accepted, more steps
+due), then `done`. Only `done` reaches anything behind the gateway (gate.authenticate_dashboard).
+Sessions are written only by the gateway's own views (aiohttp-session cannot save on streamed
+responses); the proxy path only refreshes `last_seen`, directly in the store, at most once a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+from aiohttp_session import AbstractStorage, Session, get_session
+
+from gateway.context import RequestContext, context_of
+from gateway.policy.snapshot import User
+from gateway.services.store import SessionRecord, StateStore
+
+RECORD_KEY: Final = "gateway.session_record"
+TOUCH_EVERY: Final = 60.0
+
+
+def session_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+class StoreSessionStorage(AbstractStorage):
+    def __init__(self, store: Callable[[], StateStore]) -> None:
+        super().__init__(httponly=True, samesite="Lax", path="/")
+        self._store_of = store  # the store is opened after the middleware is built
+
+    @property
+    def _store(self) -> StateStore:
+        return self._store_of()
+
+    def load_cookie(self, request: web.Request) -> str | None:
+        name = context_of(request).snapshot.config.sessions.cookie_name
+        return request.cookies.get(name)
+
+    async def load_session(self, request: web.Request) -> Session:
+        sid = self.load_cookie(request)
+        if not sid or len(sid) > 128:
+            return Session(None, data=None, new=True)
+        record = await self._store.session_get(session_hash(sid))
+        now = time.time()
+        if record is None:
+            return Session(None, data=None, new=True)
+        idle = context_of(request).snapshot.config.sessions.idle_timeout
+        if now >= record.expires_at or now - record.last_seen > idle:
+            await self._store.session_delete(record.sid_hash)
+            return Session(None, data=None, new=True)
+        request[RECORD_KEY] = record
+        return Session(
+            sid, data={"created": int(record.created_at), "session": record.data}, new=False
+        )
+
+    async def save_session(
+        self, request: web.Request, response: web.StreamResponse, session: Session
+    ) -> None:
+        ctx = context_of(request)
+        settings = ctx.snapshot.config.sessions
+        if session.empty:
+            if session.identity:
+                await self._store.session_delete(session_hash(session.identity))
+            response.del_cookie(settings.cookie_name, path="/")
+            return
+        if session.identity is None:
+            session.set_new_identity(secrets.token_urlsafe(32))
+        now = time.time()
+        await self._store.session_put(
+            session_hash(session.identity),
+            session.get("user"),
+            dict(session),
+            float(session.created),
+            now,
+            float(session.created) + settings.max_age,
+        )
+        response.set_cookie(
+            settings.cookie_name,
+            session.identity,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=ctx.secure,
+        )
+
+    async def discard(self, request: web.Request) -> None:
+        """Delete the current session record, e.g. before a sign-in issues a new id."""
+        sid = self.load_cookie(request)
+        if sid:
+            await self._store.session_delete(session_hash(sid))
+
+    async def touch(self, record: SessionRecord) -> None:
+        now = time.time()
+        if now - record.last_seen >= TOUCH_EVERY:
+            await self._store.session_put(
+                record.sid_hash, record.user, record.data, record.created_at, now,
+                record.expires_at,
+            )
+
+
+async def fresh_session(request: web.Request) -> Session:
+    """A new, empty session with a new id: the old record is deleted (no session fixation)."""
+    from aiohttp_session import STORAGE_KEY, new_session
+
+    storage: StoreSessionStorage = request[STORAGE_KEY]
+    await storage.discard(request)
+    return await new_session(request)
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    user: User
+    auth: str  # "password" | "password+totp"
+    session: Session
+
+
+def login_state(session: Session, ctx: RequestContext) -> User | None:
+    """The user a session belongs to, if the user still exists in the snapshot in force."""
+    name = session.get("user")
+    if not isinstance(name, str):
+        return None
+    return ctx.snapshot.users.get(name)
+
+
+async def current_login(request: web.Request, ctx: RequestContext) -> Login | None:
+    """A complete sign-in that the policy in force still accepts, or None.
+
+    Re-checked on every request, so a user removed by a reload, or whose 2FA became required,
+    is stopped at their very next request.
+    """
+    session = await get_session(request)
+    if session.get("stage") != "done":
+        return None
+    user = login_state(session, ctx)
+    if user is None:
+        return None
+    auth = session.get("auth")
+    if auth not in ("password", "password+totp"):
+        return None
+    if user.requires_2fa and auth != "password+totp":
+        return None
+    if session.get("pwv") != password_version(user):
+        return None  # the admin reset the password in users.yaml: sign in again
+    record: SessionRecord | None = request.get(RECORD_KEY)
+    if record is not None:
+        from aiohttp_session import STORAGE_KEY
+
+        await request[STORAGE_KEY].touch(record)
+    return Login(user, auth, session)
+
+
+def password_version(user: User) -> str:
+    """A short tag of the users.yaml hash: changes when an admin resets the password there."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:12]
