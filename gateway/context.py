@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.policy.decide import Decision
 from gateway.policy.snapshot import AppRoute, Snapshot
 
-CONTEXT_KEY: Final = "gateway.context"
+CONTEXT_KEY: Final = web.RequestKey("gateway.context", "RequestContext")
 
 
 @dataclass(slots=True)

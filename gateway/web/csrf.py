@@ -19,7 +19,7 @@ from gateway.context import context_of
 
 COOKIE: Final = "gateway_csrf"
 FIELD: Final = "csrf_token"
-_PENDING: Final = "gateway.csrf_cookie"
+_PENDING: Final = web.RequestKey("gateway.csrf_cookie", str)
 
 
 class Csrf:

@@ -26,7 +26,7 @@ from gateway.context import RequestContext, context_of
 from gateway.policy.snapshot import User
 from gateway.services.store import SessionRecord, StateStore
 
-RECORD_KEY: Final = "gateway.session_record"
+RECORD_KEY: Final = web.RequestKey("gateway.session_record", SessionRecord)
 TOUCH_EVERY: Final = 60.0
 
 
