@@ -1,0 +1,251 @@
+"""The state store: one narrow async protocol, the records it speaks, and its errors.
+
+Everything the gateway keeps between requests and across worker processes (server-side
+sessions, login failures and bans, audit chain heads, JWT signing keys, TOTP secrets and
+recovery codes, passwords changed at run time, small settings) goes through `StateStore`.
+Callers see only these records and errors: never SQL, rows or driver exceptions.
+
+Rules every implementation follows:
+
+- Times are float UNIX seconds chosen by the caller; the store never reads the clock to decide
+  anything (only `schema_version.applied_at` records the wall clock), so tests control time.
+- Single-use operations (`totp_claim_step`, `recovery_code_use`) are one conditional UPDATE, so
+  they are atomic across coroutines, connections and processes.
+- Operations that touch several rows run in one transaction.
+- Driver errors are translated: `StoreConflict` for a duplicate key, `StoreUnavailable` when the
+  database cannot be reached (closed, locked past the busy timeout, connection refused), and
+  `StoreError` for anything else.
+- The schema is created and migrated on open from the numbered files in
+  `migrations/<dialect>/NNNN_name.sql`; concurrent opens by several workers apply each file once.
+
+To add an implementation: write a class with every method of `StateStore` (structural typing,
+no base class needed), add a `migrations/<dialect>/` folder with the same version numbers as the
+others, teach `url.parse_store_url` and `open_store` its URL scheme, and add it to the `store`
+fixture's parameters in `tests/services/conftest.py`: it is done when the conformance suite in
+`tests/services/test_store.py` passes against it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+class StoreError(Exception):
+    """The state store failed; the message says what it was doing."""
+
+
+class StoreUnavailable(StoreError):
+    """The state store cannot be reached (closed, locked too long, connection refused)."""
+
+
+class StoreConflict(StoreError):
+    """A record with the same key already exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A server-side session; `sid_hash` is the hash of the cookie value, never the value."""
+
+    sid_hash: str
+    user: str | None
+    data: dict[str, Any]
+    created_at: float
+    last_seen: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The newest recorded position of one worker's audit chain."""
+
+    chain: str
+    seq: int
+    hash: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    """A JWT signing key; the private part is sealed with the gateway's secret key."""
+
+    kid: str
+    algorithm: str
+    sealed_private: bytes
+    public_jwk: dict[str, Any]
+    created_at: float
+    retired_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TotpRecord:
+    """A user's TOTP enrolment; `last_step` is the newest time step accepted (-1: none yet)."""
+
+    user: str
+    sealed_secret: bytes
+    enrolled_at: float
+    last_step: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryCodeRecord:
+    """One recovery code, stored as a hash; `used_at` is None while it is still usable."""
+
+    id: int
+    code_hash: str
+    used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordRecord:
+    """A password state kept at run time, on top of the hash in users.yaml.
+
+    `hash` is None when the user never changed their password at run time (the row then only
+    carries `must_change`). `base_hash` is the users.yaml hash that was in force when the change
+    was made, so a new hash written by an admin into users.yaml can win over it.
+    """
+
+    user: str
+    hash: str | None
+    base_hash: str | None
+    changed_at: float | None
+    must_change: bool
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What the gateway keeps between requests and shares between worker processes."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    async def ping(self) -> None:
+        """Return if the store answers a trivial query, else raise `StoreUnavailable`."""
+
+    async def schema_version(self) -> int:
+        """The newest migration applied to the database."""
+
+    # -- sessions (ids are hashed by the caller) --------------------------------------------
+
+    async def session_get(self, sid_hash: str) -> SessionRecord | None:
+        """The session, expired or not (the caller compares `expires_at` with its clock)."""
+
+    async def session_put(
+        self,
+        sid_hash: str,
+        user: str | None,
+        data: dict[str, Any],
+        created_at: float,
+        last_seen: float,
+        expires_at: float,
+    ) -> None:
+        """Create or replace the session; `data` must be JSON-serialisable."""
+
+    async def session_delete(self, sid_hash: str) -> None:
+        """Forget the session; unknown ids are ignored."""
+
+    async def sessions_revoke_user(self, user: str) -> int:
+        """Delete every session of `user`; returns how many there were."""
+
+    async def sessions_purge_expired(self, now: float) -> int:
+        """Delete sessions with `expires_at <= now`; returns how many."""
+
+    # -- login regulation, per subject such as "user:alice" or "ip:203.0.113.9" ----------------
+
+    async def login_failure_add(self, subject: str, at: float) -> None:
+        """Record one failed attempt (wrong password, TOTP or recovery code)."""
+
+    async def login_failures_since(self, subject: str, since: float) -> int:
+        """How many failures of `subject` happened at or after `since`."""
+
+    async def ban_set(self, subject: str, until: float) -> None:
+        """Ban `subject` until the given time (replaces an earlier ban)."""
+
+    async def ban_get(self, subject: str) -> float | None:
+        """When the ban of `subject` ends (possibly in the past), or None."""
+
+    async def login_state_clear(self, subject: str) -> None:
+        """Forget the failures and the ban of `subject` (successful login, admin unlock)."""
+
+    async def login_failures_purge(self, before: float) -> int:
+        """Delete failures before `before` and bans that ended before it; returns rows deleted."""
+
+    # -- audit chain heads -------------------------------------------------------------------
+
+    async def audit_head_put(self, chain: str, seq: int, hash: str, at: float) -> None:
+        """Record a chain head; a lower or equal `seq` than the stored one is ignored."""
+
+    async def audit_heads(self) -> list[AuditHead]:
+        """Every chain's head, ordered by chain id."""
+
+    # -- JWT signing keys --------------------------------------------------------------------
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        """All keys, retired ones included, oldest first."""
+
+    async def signing_key_add(self, record: SigningKeyRecord) -> None:
+        """Store a new key; raises `StoreConflict` if the kid exists."""
+
+    async def signing_key_retire(self, kid: str, at: float) -> None:
+        """Mark the key retired at `at`; a key already retired keeps its first time."""
+
+    async def signing_key_delete(self, kid: str) -> None:
+        """Forget the key; unknown kids are ignored."""
+
+    # -- TOTP --------------------------------------------------------------------------------
+
+    async def totp_get(self, user: str) -> TotpRecord | None:
+        """The user's enrolment, or None."""
+
+    async def totp_set(self, user: str, sealed_secret: bytes, enrolled_at: float) -> None:
+        """Enrol (or re-enrol) the user; resets `last_step` to -1."""
+
+    async def totp_delete(self, user: str) -> None:
+        """Remove the enrolment and the user's recovery codes."""
+
+    async def totp_claim_step(self, user: str, step: int) -> bool:
+        """Accept time step `step` only if it is newer than every step accepted before.
+
+        Atomic across processes: of several callers claiming the same step, exactly one gets
+        True. False also when the user is not enrolled.
+        """
+
+    # -- recovery codes ----------------------------------------------------------------------
+
+    async def recovery_codes_set(self, user: str, hashes: list[str], at: float) -> None:
+        """Replace all of the user's recovery codes with these hashes."""
+
+    async def recovery_codes(self, user: str) -> list[RecoveryCodeRecord]:
+        """The user's codes, used ones included, in the order they were set."""
+
+    async def recovery_code_use(self, user: str, id: int, at: float) -> bool:
+        """Mark code `id` of `user` used; True only for the one caller that found it unused."""
+
+    # -- passwords changed at run time -------------------------------------------------------
+
+    async def password_get(self, user: str) -> PasswordRecord | None:
+        """The run-time password state of the user, or None."""
+
+    async def password_set(
+        self, user: str, hash: str, base_hash: str | None, changed_at: float
+    ) -> None:
+        """Store a new password hash, append it to the history and clear `must_change`."""
+
+    async def password_history(self, user: str, limit: int) -> list[str]:
+        """The last `limit` hashes set with `password_set`, newest first."""
+
+    async def password_expire(self, user: str) -> None:
+        """Force a change at next login (creates a row with hash None if there is none)."""
+
+    async def password_first_seen(self, user: str, base_hash: str, at: float) -> float:
+        """When this users.yaml hash was first seen for the user; records `at` the first time."""
+
+    # -- small settings ----------------------------------------------------------------------
+
+    async def meta_get(self, key: str) -> str | None:
+        """A small setting, or None."""
+
+    async def meta_put(self, key: str, value: str) -> None:
+        """Create or replace a small setting."""

@@ -1,0 +1,463 @@
+"""`StateStore` on PostgreSQL through an asyncpg pool: for several gateway instances.
+
+Tables live in the first schema of the connection's `search_path` (`public` by default; set
+another with `?search_path=name` in the URL, which asyncpg passes on as a server setting).
+Migrations run in one transaction under `pg_advisory_xact_lock`, so instances starting at the
+same time apply each file once. Single-use operations are one `UPDATE ... RETURNING`.
+"""
+
+# Names such as PASSWORD_SET hold SQL about passwords, not passwords:
+# ruff: noqa: S105
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from .base import (
+    AuditHead,
+    PasswordRecord,
+    RecoveryCodeRecord,
+    SessionRecord,
+    SigningKeyRecord,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    TotpRecord,
+)
+from .schema import load_migrations
+from .url import redact
+
+DIALECT = "postgres"
+# pg_advisory_xact_lock key for migrations: any constant bigint, the same for every instance.
+MIGRATION_LOCK_KEY = 0x6761_7465_7761_79  # "gateway"
+CONNECT_TIMEOUT = 10.0
+ACQUIRE_TIMEOUT = 10.0
+
+# -- migrations -------------------------------------------------------------------------------
+
+PING = "SELECT 1"
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock($1)"
+CREATE_SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)"""
+SELECT_SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+INSERT_SCHEMA_VERSION = "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)"
+
+# -- sessions ---------------------------------------------------------------------------------
+
+SESSION_GET = """
+SELECT sid_hash, username, data::text AS data, created_at, last_seen, expires_at
+FROM sessions WHERE sid_hash = $1"""
+SESSION_PUT = """
+INSERT INTO sessions (sid_hash, username, data, created_at, last_seen, expires_at)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+ON CONFLICT (sid_hash) DO UPDATE SET
+    username = excluded.username, data = excluded.data, created_at = excluded.created_at,
+    last_seen = excluded.last_seen, expires_at = excluded.expires_at"""
+SESSION_DELETE = "DELETE FROM sessions WHERE sid_hash = $1"
+SESSIONS_REVOKE_USER = "DELETE FROM sessions WHERE username = $1"
+SESSIONS_PURGE_EXPIRED = "DELETE FROM sessions WHERE expires_at <= $1"
+
+# -- login regulation -------------------------------------------------------------------------
+
+LOGIN_FAILURE_ADD = "INSERT INTO login_failures (subject, at) VALUES ($1, $2)"
+LOGIN_FAILURES_SINCE = "SELECT COUNT(*) FROM login_failures WHERE subject = $1 AND at >= $2"
+BAN_SET = """
+INSERT INTO login_bans (subject, until) VALUES ($1, $2)
+ON CONFLICT (subject) DO UPDATE SET until = excluded.until"""
+BAN_GET = "SELECT until FROM login_bans WHERE subject = $1"
+LOGIN_FAILURES_CLEAR = "DELETE FROM login_failures WHERE subject = $1"
+BAN_CLEAR = "DELETE FROM login_bans WHERE subject = $1"
+LOGIN_FAILURES_PURGE = "DELETE FROM login_failures WHERE at < $1"
+BANS_PURGE = "DELETE FROM login_bans WHERE until < $1"
+
+# -- audit chain heads ------------------------------------------------------------------------
+
+AUDIT_HEAD_PUT = """
+INSERT INTO audit_heads (chain, seq, hash, at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at
+WHERE excluded.seq > audit_heads.seq"""
+AUDIT_HEADS = "SELECT chain, seq, hash, at FROM audit_heads ORDER BY chain"
+
+# -- signing keys -----------------------------------------------------------------------------
+
+SIGNING_KEYS = """
+SELECT kid, algorithm, sealed_private, public_jwk::text AS public_jwk, created_at, retired_at
+FROM signing_keys ORDER BY created_at, kid"""
+SIGNING_KEY_ADD = """
+INSERT INTO signing_keys (kid, algorithm, sealed_private, public_jwk, created_at, retired_at)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6)"""
+SIGNING_KEY_RETIRE = """
+UPDATE signing_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL"""
+SIGNING_KEY_DELETE = "DELETE FROM signing_keys WHERE kid = $1"
+
+# -- TOTP and recovery codes ------------------------------------------------------------------
+
+TOTP_GET = "SELECT username, sealed_secret, enrolled_at, last_step FROM totp WHERE username = $1"
+TOTP_SET = """
+INSERT INTO totp (username, sealed_secret, enrolled_at, last_step) VALUES ($1, $2, $3, -1)
+ON CONFLICT (username) DO UPDATE SET
+    sealed_secret = excluded.sealed_secret, enrolled_at = excluded.enrolled_at, last_step = -1"""
+TOTP_DELETE = "DELETE FROM totp WHERE username = $1"
+TOTP_CLAIM_STEP = """
+UPDATE totp SET last_step = $2 WHERE username = $1 AND last_step < $2 RETURNING last_step"""
+RECOVERY_CODES_DELETE = "DELETE FROM recovery_codes WHERE username = $1"
+RECOVERY_CODE_ADD = """
+INSERT INTO recovery_codes (username, code_hash, created_at) VALUES ($1, $2, $3)"""
+RECOVERY_CODES = """
+SELECT id, code_hash, used_at FROM recovery_codes WHERE username = $1 ORDER BY id"""
+RECOVERY_CODE_USE = """
+UPDATE recovery_codes SET used_at = $3 WHERE id = $2 AND username = $1 AND used_at IS NULL
+RETURNING id"""
+
+# -- passwords --------------------------------------------------------------------------------
+
+PASSWORD_GET = """
+SELECT username, hash, base_hash, changed_at, must_change FROM passwords WHERE username = $1"""
+PASSWORD_SET = """
+INSERT INTO passwords (username, hash, base_hash, changed_at, must_change)
+VALUES ($1, $2, $3, $4, FALSE)
+ON CONFLICT (username) DO UPDATE SET
+    hash = excluded.hash, base_hash = excluded.base_hash, changed_at = excluded.changed_at,
+    must_change = FALSE"""
+PASSWORD_HISTORY_ADD = """
+INSERT INTO password_history (username, hash, changed_at) VALUES ($1, $2, $3)"""
+PASSWORD_HISTORY = """
+SELECT hash FROM password_history WHERE username = $1
+ORDER BY changed_at DESC, id DESC LIMIT $2"""
+PASSWORD_EXPIRE = """
+INSERT INTO passwords (username, hash, base_hash, changed_at, must_change)
+VALUES ($1, NULL, NULL, NULL, TRUE)
+ON CONFLICT (username) DO UPDATE SET must_change = TRUE"""
+PASSWORD_SEEN_ADD = """
+INSERT INTO password_seen (username, base_hash, first_seen) VALUES ($1, $2, $3)
+ON CONFLICT (username, base_hash) DO NOTHING"""
+PASSWORD_SEEN_GET = """
+SELECT first_seen FROM password_seen WHERE username = $1 AND base_hash = $2"""
+
+# -- meta -------------------------------------------------------------------------------------
+
+META_GET = "SELECT value FROM meta WHERE key = $1"
+META_PUT = """
+INSERT INTO meta (key, value) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+def _dump_json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag such as 'DELETE 3'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    """`StateStore` on a PostgreSQL database, shared by every gateway instance."""
+
+    def __init__(self, pool: asyncpg.Pool, where: str) -> None:
+        self._pool = pool
+        self._where = where
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where!r})"
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        server_settings: dict[str, str] | None = None,
+    ) -> PostgresStore:
+        """Connect a pool and bring the schema up to date."""
+        where = redact(dsn)
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                server_settings=server_settings,
+                timeout=CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"postgres {where}: cannot connect ({exc})") from exc
+        store = cls(pool, where)
+        try:
+            await store._migrate()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _use(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, with driver errors translated and naming the operation."""
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                yield conn
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreConflict(f"postgres {self._where}: {doing}: {exc}") from exc
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.InterfaceError,
+        ) as exc:
+            raise StoreUnavailable(f"postgres {self._where}: {doing}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"postgres {self._where}: {doing}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _write(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside a transaction."""
+        async with self._use(doing) as conn, conn.transaction():
+            yield conn
+
+    async def _run(self, doing: str, sql: str, *args: Any) -> int:
+        async with self._use(doing) as conn:
+            return _count(await conn.execute(sql, *args))
+
+    async def _row(self, doing: str, sql: str, *args: Any) -> asyncpg.Record | None:
+        async with self._use(doing) as conn:
+            return await conn.fetchrow(sql, *args)
+
+    async def _rows(self, doing: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._use(doing) as conn:
+            return await conn.fetch(sql, *args)
+
+    async def _value(self, doing: str, sql: str, *args: Any) -> Any:
+        async with self._use(doing) as conn:
+            return await conn.fetchval(sql, *args)
+
+    async def _migrate(self) -> None:
+        migrations = load_migrations(DIALECT)
+        async with self._write("migrate") as conn:
+            await conn.execute(MIGRATION_LOCK, MIGRATION_LOCK_KEY)
+            await conn.execute(CREATE_SCHEMA_VERSION)
+            current = await conn.fetchval(SELECT_SCHEMA_VERSION)
+            if current > len(migrations):
+                raise StoreError(
+                    f"postgres {self._where}: the database has schema version {current}, newer "
+                    f"than this gateway knows ({len(migrations)}); upgrade the gateway"
+                )
+            for migration in migrations[current:]:
+                await conn.execute(migration.sql)
+                # The only wall-clock read in the store: a note for humans, not a decision.
+                await conn.execute(
+                    INSERT_SCHEMA_VERSION, migration.version, migration.name, time.time()
+                )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        try:
+            await self._value("ping", PING)
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def schema_version(self) -> int:
+        return int(await self._value("schema_version", SELECT_SCHEMA_VERSION))
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def session_get(self, sid_hash: str) -> SessionRecord | None:
+        row = await self._row("session_get", SESSION_GET, sid_hash)
+        if row is None:
+            return None
+        return SessionRecord(
+            row["sid_hash"],
+            row["username"],
+            json.loads(row["data"]),
+            row["created_at"],
+            row["last_seen"],
+            row["expires_at"],
+        )
+
+    async def session_put(
+        self,
+        sid_hash: str,
+        user: str | None,
+        data: dict[str, Any],
+        created_at: float,
+        last_seen: float,
+        expires_at: float,
+    ) -> None:
+        await self._run(
+            "session_put",
+            SESSION_PUT,
+            sid_hash,
+            user,
+            _dump_json(data),
+            created_at,
+            last_seen,
+            expires_at,
+        )
+
+    async def session_delete(self, sid_hash: str) -> None:
+        await self._run("session_delete", SESSION_DELETE, sid_hash)
+
+    async def sessions_revoke_user(self, user: str) -> int:
+        return await self._run("sessions_revoke_user", SESSIONS_REVOKE_USER, user)
+
+    async def sessions_purge_expired(self, now: float) -> int:
+        return await self._run("sessions_purge_expired", SESSIONS_PURGE_EXPIRED, now)
+
+    # -- login regulation -------------------------------------------------------------------
+
+    async def login_failure_add(self, subject: str, at: float) -> None:
+        await self._run("login_failure_add", LOGIN_FAILURE_ADD, subject, at)
+
+    async def login_failures_since(self, subject: str, since: float) -> int:
+        return int(await self._value("login_failures_since", LOGIN_FAILURES_SINCE, subject, since))
+
+    async def ban_set(self, subject: str, until: float) -> None:
+        await self._run("ban_set", BAN_SET, subject, until)
+
+    async def ban_get(self, subject: str) -> float | None:
+        return await self._value("ban_get", BAN_GET, subject)
+
+    async def login_state_clear(self, subject: str) -> None:
+        async with self._write("login_state_clear") as conn:
+            await conn.execute(LOGIN_FAILURES_CLEAR, subject)
+            await conn.execute(BAN_CLEAR, subject)
+
+    async def login_failures_purge(self, before: float) -> int:
+        async with self._write("login_failures_purge") as conn:
+            failures = _count(await conn.execute(LOGIN_FAILURES_PURGE, before))
+            bans = _count(await conn.execute(BANS_PURGE, before))
+        return failures + bans
+
+    # -- audit chain heads ------------------------------------------------------------------
+
+    async def audit_head_put(self, chain: str, seq: int, hash: str, at: float) -> None:
+        await self._run("audit_head_put", AUDIT_HEAD_PUT, chain, seq, hash, at)
+
+    async def audit_heads(self) -> list[AuditHead]:
+        rows = await self._rows("audit_heads", AUDIT_HEADS)
+        return [AuditHead(r["chain"], r["seq"], r["hash"], r["at"]) for r in rows]
+
+    # -- signing keys -----------------------------------------------------------------------
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        rows = await self._rows("signing_keys", SIGNING_KEYS)
+        return [
+            SigningKeyRecord(
+                r["kid"],
+                r["algorithm"],
+                bytes(r["sealed_private"]),
+                json.loads(r["public_jwk"]),
+                r["created_at"],
+                r["retired_at"],
+            )
+            for r in rows
+        ]
+
+    async def signing_key_add(self, record: SigningKeyRecord) -> None:
+        await self._run(
+            "signing_key_add",
+            SIGNING_KEY_ADD,
+            record.kid,
+            record.algorithm,
+            record.sealed_private,
+            _dump_json(record.public_jwk),
+            record.created_at,
+            record.retired_at,
+        )
+
+    async def signing_key_retire(self, kid: str, at: float) -> None:
+        await self._run("signing_key_retire", SIGNING_KEY_RETIRE, at, kid)
+
+    async def signing_key_delete(self, kid: str) -> None:
+        await self._run("signing_key_delete", SIGNING_KEY_DELETE, kid)
+
+    # -- TOTP -------------------------------------------------------------------------------
+
+    async def totp_get(self, user: str) -> TotpRecord | None:
+        row = await self._row("totp_get", TOTP_GET, user)
+        if row is None:
+            return None
+        return TotpRecord(
+            row["username"], bytes(row["sealed_secret"]), row["enrolled_at"], row["last_step"]
+        )
+
+    async def totp_set(self, user: str, sealed_secret: bytes, enrolled_at: float) -> None:
+        await self._run("totp_set", TOTP_SET, user, sealed_secret, enrolled_at)
+
+    async def totp_delete(self, user: str) -> None:
+        async with self._write("totp_delete") as conn:
+            await conn.execute(TOTP_DELETE, user)
+            await conn.execute(RECOVERY_CODES_DELETE, user)
+
+    async def totp_claim_step(self, user: str, step: int) -> bool:
+        return await self._value("totp_claim_step", TOTP_CLAIM_STEP, user, step) is not None
+
+    # -- recovery codes ---------------------------------------------------------------------
+
+    async def recovery_codes_set(self, user: str, hashes: list[str], at: float) -> None:
+        async with self._write("recovery_codes_set") as conn:
+            await conn.execute(RECOVERY_CODES_DELETE, user)
+            await conn.executemany(RECOVERY_CODE_ADD, [(user, h, at) for h in hashes])
+
+    async def recovery_codes(self, user: str) -> list[RecoveryCodeRecord]:
+        rows = await self._rows("recovery_codes", RECOVERY_CODES, user)
+        return [RecoveryCodeRecord(r["id"], r["code_hash"], r["used_at"]) for r in rows]
+
+    async def recovery_code_use(self, user: str, id: int, at: float) -> bool:
+        return await self._value("recovery_code_use", RECOVERY_CODE_USE, user, id, at) is not None
+
+    # -- passwords --------------------------------------------------------------------------
+
+    async def password_get(self, user: str) -> PasswordRecord | None:
+        row = await self._row("password_get", PASSWORD_GET, user)
+        if row is None:
+            return None
+        return PasswordRecord(
+            row["username"], row["hash"], row["base_hash"], row["changed_at"], row["must_change"]
+        )
+
+    async def password_set(
+        self, user: str, hash: str, base_hash: str | None, changed_at: float
+    ) -> None:
+        async with self._write("password_set") as conn:
+            await conn.execute(PASSWORD_SET, user, hash, base_hash, changed_at)
+            await conn.execute(PASSWORD_HISTORY_ADD, user, hash, changed_at)
+
+    async def password_history(self, user: str, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        rows = await self._rows("password_history", PASSWORD_HISTORY, user, limit)
+        return [r["hash"] for r in rows]
+
+    async def password_expire(self, user: str) -> None:
+        await self._run("password_expire", PASSWORD_EXPIRE, user)
+
+    async def password_first_seen(self, user: str, base_hash: str, at: float) -> float:
+        async with self._write("password_first_seen") as conn:
+            await conn.execute(PASSWORD_SEEN_ADD, user, base_hash, at)
+            return await conn.fetchval(PASSWORD_SEEN_GET, user, base_hash)
+
+    # -- meta -------------------------------------------------------------------------------
+
+    async def meta_get(self, key: str) -> str | None:
+        return await self._value("meta_get", META_GET, key)
+
+    async def meta_put(self, key: str, value: str) -> None:
+        await self._run("meta_put", META_PUT, key, value)

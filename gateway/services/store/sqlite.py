@@ -1,0 +1,478 @@
+"""`StateStore` on SQLite through aiosqlite: the default, embedded, one file.
+
+Several worker processes may open the same file. What makes that safe:
+
+- WAL journal: readers never block the writer and the writer never blocks readers.
+- `busy_timeout`: a writer waits (in aiosqlite's thread, not the event loop) for another
+  process's write to finish instead of failing at once with "database is locked".
+- Every multi-statement write starts with BEGIN IMMEDIATE, taking the write lock up front: a
+  deferred transaction that reads and then writes can fail with SQLITE_BUSY when another
+  process wrote in between, and the busy timeout cannot help there.
+- Single-use operations are one conditional UPDATE whose row count says who won.
+- synchronous=NORMAL (the recommended setting with WAL): a commit survives a crash of the
+  process; a power loss may lose the last transactions, never corrupt the file.
+
+Within one process a store holds one connection; an asyncio lock keeps each operation (and
+each transaction) whole, since coroutines sharing a connection would otherwise share its
+transaction.
+"""
+
+# Names such as PASSWORD_SET hold SQL about passwords, not passwords:
+# ruff: noqa: S105
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .base import (
+    AuditHead,
+    PasswordRecord,
+    RecoveryCodeRecord,
+    SessionRecord,
+    SigningKeyRecord,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    TotpRecord,
+)
+from .schema import load_migrations, split_sqlite_script
+from .url import MEMORY
+
+DIALECT = "sqlite"
+DEFAULT_BUSY_TIMEOUT = 10.0
+# Primary result codes meaning "the database cannot be used right now" rather than a bug.
+UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+# -- connection set-up and migrations ---------------------------------------------------------
+
+PRAGMA_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
+PRAGMA_JOURNAL_WAL = "PRAGMA journal_mode = WAL"
+PRAGMA_SYNCHRONOUS = "PRAGMA synchronous = NORMAL"
+PRAGMA_FOREIGN_KEYS = "PRAGMA foreign_keys = ON"
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+PING = "SELECT 1"
+
+CREATE_SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)"""
+SELECT_SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+INSERT_SCHEMA_VERSION = "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)"
+
+# -- sessions ---------------------------------------------------------------------------------
+
+SESSION_GET = """
+SELECT sid_hash, username, data, created_at, last_seen, expires_at
+FROM sessions WHERE sid_hash = ?"""
+SESSION_PUT = """
+INSERT INTO sessions (sid_hash, username, data, created_at, last_seen, expires_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (sid_hash) DO UPDATE SET
+    username = excluded.username, data = excluded.data, created_at = excluded.created_at,
+    last_seen = excluded.last_seen, expires_at = excluded.expires_at"""
+SESSION_DELETE = "DELETE FROM sessions WHERE sid_hash = ?"
+SESSIONS_REVOKE_USER = "DELETE FROM sessions WHERE username = ?"
+SESSIONS_PURGE_EXPIRED = "DELETE FROM sessions WHERE expires_at <= ?"
+
+# -- login regulation -------------------------------------------------------------------------
+
+LOGIN_FAILURE_ADD = "INSERT INTO login_failures (subject, at) VALUES (?, ?)"
+LOGIN_FAILURES_SINCE = "SELECT COUNT(*) FROM login_failures WHERE subject = ? AND at >= ?"
+BAN_SET = """
+INSERT INTO login_bans (subject, until) VALUES (?, ?)
+ON CONFLICT (subject) DO UPDATE SET until = excluded.until"""
+BAN_GET = "SELECT until FROM login_bans WHERE subject = ?"
+LOGIN_FAILURES_CLEAR = "DELETE FROM login_failures WHERE subject = ?"
+BAN_CLEAR = "DELETE FROM login_bans WHERE subject = ?"
+LOGIN_FAILURES_PURGE = "DELETE FROM login_failures WHERE at < ?"
+BANS_PURGE = "DELETE FROM login_bans WHERE until < ?"
+
+# -- audit chain heads ------------------------------------------------------------------------
+
+AUDIT_HEAD_PUT = """
+INSERT INTO audit_heads (chain, seq, hash, at) VALUES (?, ?, ?, ?)
+ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at
+WHERE excluded.seq > audit_heads.seq"""
+AUDIT_HEADS = "SELECT chain, seq, hash, at FROM audit_heads ORDER BY chain"
+
+# -- signing keys -----------------------------------------------------------------------------
+
+SIGNING_KEYS = """
+SELECT kid, algorithm, sealed_private, public_jwk, created_at, retired_at
+FROM signing_keys ORDER BY created_at, kid"""
+SIGNING_KEY_ADD = """
+INSERT INTO signing_keys (kid, algorithm, sealed_private, public_jwk, created_at, retired_at)
+VALUES (?, ?, ?, ?, ?, ?)"""
+SIGNING_KEY_RETIRE = "UPDATE signing_keys SET retired_at = ? WHERE kid = ? AND retired_at IS NULL"
+SIGNING_KEY_DELETE = "DELETE FROM signing_keys WHERE kid = ?"
+
+# -- TOTP and recovery codes ------------------------------------------------------------------
+
+TOTP_GET = "SELECT username, sealed_secret, enrolled_at, last_step FROM totp WHERE username = ?"
+TOTP_SET = """
+INSERT INTO totp (username, sealed_secret, enrolled_at, last_step) VALUES (?, ?, ?, -1)
+ON CONFLICT (username) DO UPDATE SET
+    sealed_secret = excluded.sealed_secret, enrolled_at = excluded.enrolled_at, last_step = -1"""
+TOTP_DELETE = "DELETE FROM totp WHERE username = ?"
+TOTP_CLAIM_STEP = "UPDATE totp SET last_step = ? WHERE username = ? AND last_step < ?"
+RECOVERY_CODES_DELETE = "DELETE FROM recovery_codes WHERE username = ?"
+RECOVERY_CODE_ADD = "INSERT INTO recovery_codes (username, code_hash, created_at) VALUES (?, ?, ?)"
+RECOVERY_CODES = "SELECT id, code_hash, used_at FROM recovery_codes WHERE username = ? ORDER BY id"
+RECOVERY_CODE_USE = """
+UPDATE recovery_codes SET used_at = ? WHERE id = ? AND username = ? AND used_at IS NULL"""
+
+# -- passwords --------------------------------------------------------------------------------
+
+PASSWORD_GET = """
+SELECT username, hash, base_hash, changed_at, must_change FROM passwords WHERE username = ?"""
+PASSWORD_SET = """
+INSERT INTO passwords (username, hash, base_hash, changed_at, must_change) VALUES (?, ?, ?, ?, 0)
+ON CONFLICT (username) DO UPDATE SET
+    hash = excluded.hash, base_hash = excluded.base_hash, changed_at = excluded.changed_at,
+    must_change = 0"""
+PASSWORD_HISTORY_ADD = "INSERT INTO password_history (username, hash, changed_at) VALUES (?, ?, ?)"
+PASSWORD_HISTORY = """
+SELECT hash FROM password_history WHERE username = ?
+ORDER BY changed_at DESC, id DESC LIMIT ?"""
+PASSWORD_EXPIRE = """
+INSERT INTO passwords (username, hash, base_hash, changed_at, must_change)
+VALUES (?, NULL, NULL, NULL, 1)
+ON CONFLICT (username) DO UPDATE SET must_change = 1"""
+PASSWORD_SEEN_ADD = """
+INSERT INTO password_seen (username, base_hash, first_seen) VALUES (?, ?, ?)
+ON CONFLICT (username, base_hash) DO NOTHING"""
+PASSWORD_SEEN_GET = "SELECT first_seen FROM password_seen WHERE username = ? AND base_hash = ?"
+
+# -- meta -------------------------------------------------------------------------------------
+
+META_GET = "SELECT value FROM meta WHERE key = ?"
+META_PUT = """
+INSERT INTO meta (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+def _dump_json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class SqliteStore:
+    """`StateStore` on one SQLite file (or `:memory:`, private to this store, for tests)."""
+
+    def __init__(self, conn: aiosqlite.Connection, where: str) -> None:
+        self._conn = conn
+        self._where = where
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self._where!r})"
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    ) -> SqliteStore:
+        """Open (creating the file and its folder) and bring the schema up to date."""
+        where = str(path)
+        if where != MEMORY:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(where, isolation_level=None, timeout=busy_timeout)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite {where}: cannot open ({exc})") from exc
+        store = cls(conn, where)
+        try:
+            await store._configure(busy_timeout)
+            await store._migrate()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, doing: str) -> AsyncIterator[None]:
+        """Translate driver errors into StoreError and friends, naming the operation."""
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflict(f"sqlite {self._where}: {doing}: {exc}") from exc
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            unavailable = code is not None and code & 0xFF in UNAVAILABLE_CODES
+            kind = StoreUnavailable if unavailable else StoreError
+            raise kind(f"sqlite {self._where}: {doing}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _use(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, for one statement in autocommit mode."""
+        async with self._lock, self._errors(doing):
+            if self._closed:
+                raise StoreUnavailable(f"sqlite {self._where}: {doing}: the store is closed")
+            yield self._conn
+
+    @contextlib.asynccontextmanager
+    async def _write(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
+        async with self._use(doing) as conn:
+            try:
+                await conn.execute(BEGIN_IMMEDIATE)
+                yield conn
+                await conn.execute(COMMIT)
+            except BaseException:
+                # Also on cancellation, which may strike while BEGIN, a statement or COMMIT is
+                # still running in aiosqlite's thread: the ROLLBACK is queued behind it (the
+                # queueing happens before the first suspension, so even a second cancellation
+                # cannot skip it, and it stays ahead of the next holder of the lock). "No
+                # transaction is active" (nothing begun, already committed, or rolled back by
+                # SQLite itself) is fine.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await conn.execute(ROLLBACK)
+                raise
+
+    async def _rows(self, doing: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        async with self._use(doing) as conn:
+            return list(await conn.execute_fetchall(sql, tuple(params)))
+
+    async def _one(self, doing: str, sql: str, params: Iterable[Any] = ()) -> Any | None:
+        rows = await self._rows(doing, sql, params)
+        return rows[0] if rows else None
+
+    async def _run(self, doing: str, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        async with self._use(doing) as conn:
+            cursor = await conn.execute(sql, tuple(params))
+            count = cursor.rowcount
+            await cursor.close()
+            return count
+
+    async def _configure(self, busy_timeout: float) -> None:
+        async with self._use("configure") as conn:
+            await conn.execute(PRAGMA_BUSY_TIMEOUT.format(ms=int(busy_timeout * 1000)))
+            await conn.execute(PRAGMA_JOURNAL_WAL)
+            await conn.execute(PRAGMA_SYNCHRONOUS)
+            await conn.execute(PRAGMA_FOREIGN_KEYS)
+
+    async def _migrate(self) -> None:
+        migrations = load_migrations(DIALECT)
+        async with self._write("migrate") as conn:
+            await conn.execute(CREATE_SCHEMA_VERSION)
+            (current,) = (await conn.execute_fetchall(SELECT_SCHEMA_VERSION))[0]
+            if current > len(migrations):
+                raise StoreError(
+                    f"sqlite {self._where}: the database has schema version {current}, newer "
+                    f"than this gateway knows ({len(migrations)}); upgrade the gateway"
+                )
+            for migration in migrations[current:]:
+                for statement in split_sqlite_script(migration.sql):
+                    await conn.execute(statement)
+                # The only wall-clock read in the store: a note for humans, not a decision.
+                await conn.execute(
+                    INSERT_SCHEMA_VERSION, (migration.version, migration.name, time.time())
+                )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            await self._conn.close()
+
+    async def ping(self) -> None:
+        await self._rows("ping", PING)
+
+    async def schema_version(self) -> int:
+        (version,) = await self._one("schema_version", SELECT_SCHEMA_VERSION)
+        return int(version)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def session_get(self, sid_hash: str) -> SessionRecord | None:
+        row = await self._one("session_get", SESSION_GET, (sid_hash,))
+        if row is None:
+            return None
+        sid, user, data, created_at, last_seen, expires_at = row
+        return SessionRecord(sid, user, json.loads(data), created_at, last_seen, expires_at)
+
+    async def session_put(
+        self,
+        sid_hash: str,
+        user: str | None,
+        data: dict[str, Any],
+        created_at: float,
+        last_seen: float,
+        expires_at: float,
+    ) -> None:
+        params = (sid_hash, user, _dump_json(data), created_at, last_seen, expires_at)
+        await self._run("session_put", SESSION_PUT, params)
+
+    async def session_delete(self, sid_hash: str) -> None:
+        await self._run("session_delete", SESSION_DELETE, (sid_hash,))
+
+    async def sessions_revoke_user(self, user: str) -> int:
+        return await self._run("sessions_revoke_user", SESSIONS_REVOKE_USER, (user,))
+
+    async def sessions_purge_expired(self, now: float) -> int:
+        return await self._run("sessions_purge_expired", SESSIONS_PURGE_EXPIRED, (now,))
+
+    # -- login regulation -------------------------------------------------------------------
+
+    async def login_failure_add(self, subject: str, at: float) -> None:
+        await self._run("login_failure_add", LOGIN_FAILURE_ADD, (subject, at))
+
+    async def login_failures_since(self, subject: str, since: float) -> int:
+        (count,) = await self._one("login_failures_since", LOGIN_FAILURES_SINCE, (subject, since))
+        return int(count)
+
+    async def ban_set(self, subject: str, until: float) -> None:
+        await self._run("ban_set", BAN_SET, (subject, until))
+
+    async def ban_get(self, subject: str) -> float | None:
+        row = await self._one("ban_get", BAN_GET, (subject,))
+        return None if row is None else row[0]
+
+    async def login_state_clear(self, subject: str) -> None:
+        async with self._write("login_state_clear") as conn:
+            await conn.execute(LOGIN_FAILURES_CLEAR, (subject,))
+            await conn.execute(BAN_CLEAR, (subject,))
+
+    async def login_failures_purge(self, before: float) -> int:
+        async with self._write("login_failures_purge") as conn:
+            failures = await conn.execute(LOGIN_FAILURES_PURGE, (before,))
+            bans = await conn.execute(BANS_PURGE, (before,))
+            return failures.rowcount + bans.rowcount
+
+    # -- audit chain heads ------------------------------------------------------------------
+
+    async def audit_head_put(self, chain: str, seq: int, hash: str, at: float) -> None:
+        await self._run("audit_head_put", AUDIT_HEAD_PUT, (chain, seq, hash, at))
+
+    async def audit_heads(self) -> list[AuditHead]:
+        rows = await self._rows("audit_heads", AUDIT_HEADS)
+        return [AuditHead(chain, seq, hash_, at) for chain, seq, hash_, at in rows]
+
+    # -- signing keys -----------------------------------------------------------------------
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        rows = await self._rows("signing_keys", SIGNING_KEYS)
+        return [
+            SigningKeyRecord(kid, alg, bytes(private), json.loads(jwk), created_at, retired_at)
+            for kid, alg, private, jwk, created_at, retired_at in rows
+        ]
+
+    async def signing_key_add(self, record: SigningKeyRecord) -> None:
+        params = (
+            record.kid,
+            record.algorithm,
+            record.sealed_private,
+            _dump_json(record.public_jwk),
+            record.created_at,
+            record.retired_at,
+        )
+        await self._run("signing_key_add", SIGNING_KEY_ADD, params)
+
+    async def signing_key_retire(self, kid: str, at: float) -> None:
+        await self._run("signing_key_retire", SIGNING_KEY_RETIRE, (at, kid))
+
+    async def signing_key_delete(self, kid: str) -> None:
+        await self._run("signing_key_delete", SIGNING_KEY_DELETE, (kid,))
+
+    # -- TOTP -------------------------------------------------------------------------------
+
+    async def totp_get(self, user: str) -> TotpRecord | None:
+        row = await self._one("totp_get", TOTP_GET, (user,))
+        if row is None:
+            return None
+        username, secret, enrolled_at, last_step = row
+        return TotpRecord(username, bytes(secret), enrolled_at, int(last_step))
+
+    async def totp_set(self, user: str, sealed_secret: bytes, enrolled_at: float) -> None:
+        await self._run("totp_set", TOTP_SET, (user, sealed_secret, enrolled_at))
+
+    async def totp_delete(self, user: str) -> None:
+        async with self._write("totp_delete") as conn:
+            await conn.execute(TOTP_DELETE, (user,))
+            await conn.execute(RECOVERY_CODES_DELETE, (user,))
+
+    async def totp_claim_step(self, user: str, step: int) -> bool:
+        return await self._run("totp_claim_step", TOTP_CLAIM_STEP, (step, user, step)) == 1
+
+    # -- recovery codes ---------------------------------------------------------------------
+
+    async def recovery_codes_set(self, user: str, hashes: list[str], at: float) -> None:
+        async with self._write("recovery_codes_set") as conn:
+            await conn.execute(RECOVERY_CODES_DELETE, (user,))
+            await conn.executemany(RECOVERY_CODE_ADD, [(user, h, at) for h in hashes])
+
+    async def recovery_codes(self, user: str) -> list[RecoveryCodeRecord]:
+        rows = await self._rows("recovery_codes", RECOVERY_CODES, (user,))
+        return [
+            RecoveryCodeRecord(int(id_), code_hash, used_at) for id_, code_hash, used_at in rows
+        ]
+
+    async def recovery_code_use(self, user: str, id: int, at: float) -> bool:
+        return await self._run("recovery_code_use", RECOVERY_CODE_USE, (at, id, user)) == 1
+
+    # -- passwords --------------------------------------------------------------------------
+
+    async def password_get(self, user: str) -> PasswordRecord | None:
+        row = await self._one("password_get", PASSWORD_GET, (user,))
+        if row is None:
+            return None
+        username, hash_, base_hash, changed_at, must_change = row
+        return PasswordRecord(username, hash_, base_hash, changed_at, bool(must_change))
+
+    async def password_set(
+        self, user: str, hash: str, base_hash: str | None, changed_at: float
+    ) -> None:
+        async with self._write("password_set") as conn:
+            await conn.execute(PASSWORD_SET, (user, hash, base_hash, changed_at))
+            await conn.execute(PASSWORD_HISTORY_ADD, (user, hash, changed_at))
+
+    async def password_history(self, user: str, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        rows = await self._rows("password_history", PASSWORD_HISTORY, (user, limit))
+        return [hash_ for (hash_,) in rows]
+
+    async def password_expire(self, user: str) -> None:
+        await self._run("password_expire", PASSWORD_EXPIRE, (user,))
+
+    async def password_first_seen(self, user: str, base_hash: str, at: float) -> float:
+        async with self._write("password_first_seen") as conn:
+            await conn.execute(PASSWORD_SEEN_ADD, (user, base_hash, at))
+            rows = await conn.execute_fetchall(PASSWORD_SEEN_GET, (user, base_hash))
+        return rows[0][0]
+
+    # -- meta -------------------------------------------------------------------------------
+
+    async def meta_get(self, key: str) -> str | None:
+        row = await self._one("meta_get", META_GET, (key,))
+        return None if row is None else row[0]
+
+    async def meta_put(self, key: str, value: str) -> None:
+        await self._run("meta_put", META_PUT, (key, value))

@@ -1,0 +1,80 @@
+"""The `state:` URL of gateway.yaml, parsed into where the store lives (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ACCEPTED_FORMS = (
+    "sqlite:///relative/path.db (relative to the folder of gateway.yaml), "
+    "sqlite:////absolute/path.db, sqlite:///:memory:, "
+    "postgresql://user:password@host:5432/dbname (or postgres://...)"
+)
+
+MEMORY = ":memory:"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteTarget:
+    """A SQLite database: an absolute file path, or `:memory:`."""
+
+    path: Path | str
+
+    @property
+    def in_memory(self) -> bool:
+        return self.path == MEMORY
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    """A PostgreSQL database, as a libpq-style DSN handed to asyncpg unchanged."""
+
+    dsn: str
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def _invalid(url: str, why: str) -> ValueError:
+    return ValueError(f"state store URL {redact(url)!r}: {why}; accepted forms: {ACCEPTED_FORMS}")
+
+
+def parse_store_url(url: str, base_dir: Path) -> SqliteTarget | PostgresTarget:
+    """Parse `url`; relative sqlite paths resolve against `base_dir`. Raises ValueError."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise _invalid(url, "not a URL")
+    if scheme in ("postgresql", "postgres"):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - validates the port number
+        except ValueError as exc:
+            raise _invalid(url, str(exc)) from None
+        return PostgresTarget(url)
+    if scheme != "sqlite":
+        raise _invalid(url, f"unknown scheme {scheme!r}")
+    if not rest.startswith("/"):
+        raise _invalid(url, "a sqlite URL has no host: write three slashes, sqlite:///")
+    if "?" in rest or "#" in rest:
+        raise _invalid(url, "a sqlite URL takes no query or fragment")
+    path = rest[1:]
+    if path == MEMORY:
+        return SqliteTarget(MEMORY)
+    if not path or path.endswith("/"):
+        raise _invalid(url, "no database file name")
+    if path.startswith("/"):
+        return SqliteTarget(Path(path))
+    return SqliteTarget((base_dir / path).absolute())
