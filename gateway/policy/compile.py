@@ -49,15 +49,16 @@ def _route(name: str, spec: AppSpec, config: GatewayConfig) -> AppRoute:
 def _route_tables(
     routes: Iterable[AppRoute],
 ) -> tuple[dict[str, tuple[AppRoute, ...]], tuple[AppRoute, ...]]:
-    """Per host: that host's apps and the host-less ones, longest prefix first.
+    """Per host: that host's apps, longest prefix first, then the host-less ones likewise.
 
-    At equal prefix length an app bound to the host wins over a host-less one.
+    An app bound to a host owns that host: its apps are tried before any host-less app, so a
+    host-less app with a longer prefix (e.g. /api/) cannot capture requests meant for it.
     """
     routes = list(routes)
     hostless = [r for r in routes if r.host is None]
 
     def order(candidates: list[AppRoute]) -> tuple[AppRoute, ...]:
-        return tuple(sorted(candidates, key=lambda r: (-len(r.prefix), r.host is None)))
+        return tuple(sorted(candidates, key=lambda r: (r.host is None, -len(r.prefix))))
 
     hosts = {r.host for r in routes if r.host is not None}
     by_host = {h: order([r for r in routes if r.host == h] + hostless) for h in hosts}
