@@ -147,7 +147,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         services.metrics.logins.labels("failure").inc()
         audit(request, "login.failure", principal=user.name if user else None,
               decision="deny:unauthenticated", reason="wrong username or password",
-              known_user=user is not None, flush=True)
+              known_user=user is not None)
         if banned:
             audit(request, "login.banned", principal=user.name if user else None,
                   decision="deny:too_many_attempts", subjects=[b.split(":")[0] for b in banned])
