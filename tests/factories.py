@@ -166,7 +166,7 @@ async def _echo(request: web.Request) -> web.StreamResponse:
             sent += len(part)
         await response.write_eof()
         return response
-    if request.path.startswith("/slow/"):
+    if request.path.startswith(("/slow/", "/api/slow/")):
         await asyncio.sleep(float(request.path.rsplit("/", 1)[1]))
     received = 0
     digest = hashlib.sha256()
@@ -177,7 +177,7 @@ async def _echo(request: web.Request) -> web.StreamResponse:
         {
             "method": request.method,
             "path": request.raw_path.split("?", 1)[0],
-            "query": request.query_string,
+            "query": request.raw_path.partition("?")[2],
             "headers": [[k, v] for k, v in request.headers.items()],
             "received": received,
             "sha256": digest.hexdigest(),
@@ -251,3 +251,51 @@ async def raw_request(host: str, port: int, data: bytes, timeout: float = 5.0) -
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    files: GatewayFiles, *, workers: int = 1, port: int | None = None
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """`gateway run` as a real child process; yields (base URL, process) once /healthz answers."""
+    import sys
+
+    port = port or free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "run", "--config", str(files.config_file),
+        "--port", str(port), "--workers", str(workers),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                if proc.returncode is not None:
+                    err = await proc.stderr.read() if proc.stderr else b""
+                    raise RuntimeError(f"gateway exited {proc.returncode}: {err.decode()[-2000:]}")
+                try:
+                    async with http.get(f"{url}/_gateway/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("gateway did not become ready in 20 s")
+        yield url, proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident memory so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")

@@ -149,7 +149,8 @@ async def authenticate_dashboard(request: web.Request, ctx: RequestContext) -> w
         return deny(request, ctx, decide.deny(decide.UNAUTHENTICATED, "no valid session"))
     ctx.decision = decide.deny(decide.UNAUTHENTICATED, "no valid session: sent to sign in")
     target = ctx.path or "/"
-    if request.query_string:
-        target += "?" + request.query_string
+    raw = request.raw_path
+    if "?" in raw:
+        target += raw[raw.find("?") :]
     location = f"{ctx.snapshot.prefix}/login?next={quote(target, safe='')}"
     raise web.HTTPFound(location)

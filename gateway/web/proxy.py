@@ -157,8 +157,10 @@ class Forwarder:
         app = ctx.app
         assert app is not None and ctx.path is not None
         target = app.upstream + app.upstream_target(ctx.path)
-        query = request.query_string
-        url = f"{target}?{query}" if query else target
+        # The query exactly as received: aiohttp's query_string is percent-decoded.
+        raw = request.raw_path
+        cut = raw.find("?")
+        url = target + raw[cut:] if cut >= 0 else target
         headers = upstream_request_headers(request, ctx, identity, session_cookie)
         if _is_websocket(request):
             return await self._websocket(request, ctx, url, headers)
@@ -228,8 +230,8 @@ class Forwarder:
             protocols=[upstream.protocol] if upstream.protocol else (),
             autoping=False,
             max_msg_size=0,
-            headers={"X-Gateway-Request-Id": ctx.request_id},
         )
+        client.headers["X-Gateway-Request-Id"] = ctx.request_id
         await client.prepare(request)
         tasks = [
             asyncio.create_task(_pump(upstream, client)),
