@@ -1,0 +1,176 @@
+"""Hot reload: file edits take effect within seconds, with zero failed requests, and a broken or
+invalid file keeps the last good policy in force, visibly (readyz, audit, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+from tests.factories import (
+    api_key,
+    client,
+    echo_app,
+    gateway_files,
+    gateway_process,
+    running_gateway,
+    serve,
+)
+
+KEY = {"Authorization": f"Bearer {api_key('sync')}"}
+
+
+def allowlist(enabled: bool, *entries: str) -> dict:
+    return {
+        "protection": {"enabled": True},
+        "allowlists": {
+            "dashboard": {"enabled": False},
+            "api": {"enabled": enabled, "entries": [{"ip": e} for e in entries]},
+        },
+    }
+
+
+async def wait_generation(gw, above: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while gw.holder.current.generation <= above:
+        assert time.monotonic() < deadline, "no reload within the timeout"
+        await asyncio.sleep(0.05)
+
+
+async def wait_rejected(gw, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while gw.holder.rejected is None:
+        assert time.monotonic() < deadline, "the broken file was not noticed"
+        await asyncio.sleep(0.05)
+
+
+class TestReloadUnderLoad:
+    """Requests keep flowing while the policy is swapped many times."""
+
+    async def test_zero_failed_requests_during_reloads(self, tmp_path):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw, client() as http:
+                statuses: list[int] = []
+                stop = asyncio.Event()
+
+                async def load() -> None:
+                    while not stop.is_set() and len(statuses) < 20_000:
+                        async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
+                            await r.read()
+                            statuses.append(r.status)
+
+                workers = [asyncio.create_task(load()) for _ in range(8)]
+                start = gw.holder.current.generation
+                for i in range(6):
+                    # Alternate between two valid allowlists that both admit 127.0.0.1.
+                    entries = ("127.0.0.1", f"10.{i}.0.0/16")
+                    files.write_policy("access", allowlist(True, *entries))
+                    await wait_generation(gw, start + i)
+                stop.set()
+                await asyncio.gather(*workers)
+                assert len(statuses) > 100
+                assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+                assert gw.holder.current.generation >= start + 6
+
+    async def test_change_takes_effect_on_next_request(self, tmp_path):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw, client() as http:
+                async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
+                    assert r.status == 200
+                before = gw.holder.current.generation
+                files.write_policy("access", allowlist(True, "192.0.2.1"))
+                await wait_generation(gw, before)
+                async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
+                    assert r.status == 403
+
+
+class TestRejectedPolicy:
+    """A broken or invalid file is reported with file, line and key; the old policy stays."""
+
+    async def test_broken_yaml_keeps_previous_policy(self, tmp_path):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw, client() as http:
+                generation = gw.holder.current.generation
+                files.write_policy("access", "allowlists:\n  api: {enabled: true, entries: [\n")
+                await wait_rejected(gw)
+                assert gw.holder.current.generation == generation
+                async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
+                    assert r.status == 200  # the old policy (allowlist off) still applies
+                async with http.get(f"{gw.url}/_gateway/readyz") as r:
+                    assert r.status == 200
+                    body = await r.json()
+                rejected = body["policy"]["rejected"]
+                assert len(rejected) == 1
+                assert rejected[0].startswith(f"{tmp_path}/policies/access.yaml:3 (syntax): ")
+                assert "not valid YAML" in rejected[0]
+                # fixing the file clears the rejection and applies the new policy
+                files.write_policy("access", allowlist(True, "192.0.2.1"))
+                await wait_generation(gw, generation)
+                assert gw.holder.rejected is None
+                async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
+                    assert r.status == 403
+            records = [json.loads(x) for x in files.audit_file.read_text().splitlines()]
+            events = [r["event"] for r in records]
+            assert "policy.rejected" in events and "policy.reloaded" in events
+            rejected_record = next(r for r in records if r["event"] == "policy.rejected")
+            assert rejected_record["errors"] == rejected
+
+    async def test_invalid_value_names_file_line_key(self, tmp_path):
+        files = gateway_files(tmp_path)
+        async with running_gateway(files) as gw:
+            files.write_policy(
+                "access",
+                "protection:\n  enabled: true\nallowlists:\n  api:\n    enabled: true\n"
+                "    entries:\n      - {ip: 10.0.0.1/24, description: x}\n      - {ip: nope}\n",
+            )
+            await wait_rejected(gw)
+            errors = [str(e).replace(f"{tmp_path}/", "") for e in gw.holder.rejected.report.errors]
+            assert errors == [
+                "policies/access.yaml:7 allowlists.api.entries[0].ip: "
+                "'10.0.0.1/24' has host bits set; did you mean 10.0.0.0/24?",
+                "policies/access.yaml:8 allowlists.api.entries[1].ip: "
+                "'nope' is not an IP address or CIDR network",
+            ]
+
+    async def test_unknown_key_rejected(self, tmp_path):
+        files = gateway_files(tmp_path)
+        async with running_gateway(files) as gw:
+            files.write_policy("access", "protection:\n  enabled: true\n  enabeld: false\n")
+            await wait_rejected(gw)
+            errors = [str(e).replace(f"{tmp_path}/", "") for e in gw.holder.rejected.report.errors]
+            assert errors == [
+                "policies/access.yaml:3 protection.enabeld: unknown key; "
+                "allowed keys: enabled, mode"
+            ]
+
+
+class TestSighup:
+    """SIGHUP reloads a running gateway process."""
+
+    async def test_sighup_reloads(self, tmp_path):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            files.config["policies"] = "policies"
+            files.write()
+            async with gateway_process(files) as (url, proc), client() as http:
+                async with http.get(f"{url}/_gateway/readyz") as r:
+                    generation = (await r.json())["policy"]["generation"]
+                # Write without the watcher noticing is not possible to guarantee, so check
+                # that SIGHUP alone produces a reload: the generation only grows on changes,
+                # therefore change the file and signal at once.
+                files.write_policy("access", allowlist(True, "192.0.2.1"))
+                os.kill(proc.pid, signal.SIGHUP)
+                deadline = time.monotonic() + 10
+                while True:
+                    async with http.get(f"{url}/_gateway/readyz") as r:
+                        if (await r.json())["policy"]["generation"] > generation:
+                            break
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+                async with http.get(f"{url}/api/x", headers=KEY) as r:
+                    assert r.status == 403
