@@ -1,0 +1,153 @@
+"""The command line, run as a real process: exit codes, output, and audit verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from argon2 import PasswordHasher
+
+from tests.factories import api_key, client, echo_app, gateway_files, running_gateway, serve
+
+
+def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], input=stdin, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+class TestCheck:
+    """`gateway check`: 0 valid, 1 invalid, 3 valid with warnings; errors name file and line."""
+
+    def test_valid(self, tmp_path):
+        files = gateway_files(tmp_path)
+        out = gateway("check", "--config", str(files.config_file))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "valid: 4 file(s), 2 app(s), 2 user(s), 1 service account(s)" in out.stdout
+
+    def test_invalid(self, tmp_path):
+        files = gateway_files(tmp_path)
+        files.write_policy("security", "two_factor: {enforce: maybe}\n")
+        out = gateway("check", "--config", str(files.config_file))
+        assert out.returncode == 1
+        assert "security.yaml:1 two_factor.enforce: input should be 'all', 'admins' or 'none'" \
+            in out.stdout
+
+    def test_client_ip_lockout_warning(self, tmp_path):
+        files = gateway_files(tmp_path, allowlists={
+            "dashboard": {"enabled": True, "entries": [{"ip": "203.0.113.0/24"}]},
+            "api": {"enabled": False}})
+        out = gateway("check", "--config", str(files.config_file), "--client-ip", "192.0.2.7")
+        assert out.returncode == 3, out.stdout
+        assert "warning: 192.0.2.7 would be locked out of the dashboard surface" in out.stdout
+        ok = gateway("check", "--config", str(files.config_file), "--client-ip", "203.0.113.9")
+        assert ok.returncode == 0, ok.stdout
+
+    def test_two_factor_without_enrolled_admin_warns(self, tmp_path):
+        files = gateway_files(tmp_path, security={"two_factor": {"enforce": "all"}})
+        out = gateway("check", "--config", str(files.config_file))
+        assert out.returncode == 3
+        assert "no gateway admin has enrolled 2FA yet" in out.stdout
+        assert "Enforcement stays on" in out.stdout
+
+    def test_missing_config_file(self, tmp_path):
+        out = gateway("check", "--config", str(tmp_path / "nope.yaml"))
+        assert out.returncode == 1
+        assert "no such file" in out.stderr
+
+    def test_usage_error_exit_2(self):
+        assert gateway("check", "--bogus").returncode == 2
+
+
+class TestExplain:
+    """`gateway explain` prints the steps and exits 0 for allow, 1 for deny."""
+
+    def test_allow_and_deny(self, tmp_path):
+        files = gateway_files(tmp_path)
+        config = str(files.config_file)
+        out = gateway("explain", "--config", config, "--surface", "api", "--ip", "127.0.0.1",
+                      "--account", "sync", "POST", "/api/things")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.strip().endswith("=> allow")
+        assert "roles.writer.allow[0] allows POST /things" in out.stdout
+        out = gateway("explain", "--config", config, "--surface", "dashboard", "--ip", "10.1.1.1",
+                      "--user", "bob", "DELETE", "/reports")
+        assert out.returncode == 1
+        assert out.stdout.strip().endswith("=> deny:forbidden")
+
+
+class TestSecretsCommands:
+    """hash-password and apikey create print exactly what the policy files need."""
+
+    def test_hash_password_from_stdin(self):
+        out = gateway("hash-password", stdin="s3cret pass phrase\n")
+        assert out.returncode == 0
+        digest = out.stdout.strip()
+        assert digest.startswith("$argon2id$") and "\n" not in digest
+        assert PasswordHasher().verify(digest, "s3cret pass phrase")
+
+    def test_apikey_create(self):
+        out = gateway("apikey", "create", "billing-sync")
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith("key: ") and lines[1].startswith("key_sha256: ")
+        key = lines[0].removeprefix("key: ")
+        assert hashlib.sha256(key.encode()).hexdigest() == lines[1].removeprefix("key_sha256: ")
+        assert len(key) >= 40
+
+
+class TestAuditVerify:
+    """`gateway audit verify` detects edited, deleted, reordered and truncated trails."""
+
+    async def _trail(self, tmp_path: Path):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw, client() as http:
+                for i in range(12):
+                    headers = {"Authorization": f"Bearer {api_key('sync')}"}
+                    async with http.get(f"{gw.url}/api/{i}", headers=headers) as r:
+                        assert r.status == 200
+        return files
+
+    async def test_untouched_then_tampered(self, tmp_path):
+        files = await self._trail(tmp_path)
+        config = str(files.config_file)
+        path = files.audit_file
+        ok = gateway("audit", "verify", "--config", config)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert ok.stdout.startswith("ok: ")
+        original = path.read_text().splitlines(keepends=True)
+
+        def verify_with(lines: list[str]) -> subprocess.CompletedProcess[str]:
+            path.write_text("".join(lines))
+            return gateway("audit", "verify", "--config", config)
+
+        edited = list(original)
+        record = json.loads(edited[5])
+        record["status"] = 500
+        edited[5] = json.dumps(record, separators=(",", ":")) + "\n"
+        out = verify_with(edited)
+        assert out.returncode == 1 and "line 6: " in out.stdout
+
+        out = verify_with(original[:4] + original[5:])
+        assert out.returncode == 1 and "missing" in out.stdout
+
+        swapped = list(original)
+        swapped[3], swapped[4] = swapped[4], swapped[3]
+        out = verify_with(swapped)
+        assert out.returncode == 1
+
+        out = verify_with(original[:-3])
+        assert out.returncode == 1 and "cut off the end" in out.stdout
+
+        out = verify_with(original)
+        assert out.returncode == 0
+
+    async def test_tail(self, tmp_path):
+        files = await self._trail(tmp_path)
+        out = gateway("audit", "tail", "--config", str(files.config_file), "-n", "3")
+        lines = [json.loads(x) for x in out.stdout.splitlines()]
+        assert len(lines) == 3 and all("hash" in x for x in lines)
