@@ -100,9 +100,10 @@ class StoreSessionStorage(AbstractStorage):
         if sid:
             await self._store.session_delete(session_hash(sid))
 
-    async def touch(self, record: SessionRecord) -> None:
+    async def touch(self, record: SessionRecord, idle_timeout: float) -> None:
+        """Record activity; at most once a minute, and often enough for a short idle_timeout."""
         now = time.time()
-        if now - record.last_seen >= TOUCH_EVERY:
+        if now - record.last_seen >= min(TOUCH_EVERY, idle_timeout / 10):
             await self._store.session_put(
                 record.sid_hash, record.user, record.data, record.created_at, now,
                 record.expires_at,
@@ -156,7 +157,7 @@ async def current_login(request: web.Request, ctx: RequestContext) -> Login | No
     if record is not None:
         from aiohttp_session import STORAGE_KEY
 
-        await request[STORAGE_KEY].touch(record)
+        await request[STORAGE_KEY].touch(record, ctx.snapshot.config.sessions.idle_timeout)
     return Login(user, auth, session)
 
 
