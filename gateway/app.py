@@ -22,6 +22,7 @@ from gateway.policy.snapshot import Snapshot
 from gateway.policy.source import LoadResult, PolicyHolder, watch
 from gateway.services.audit import AuditLog
 from gateway.services.metrics import Metrics
+from gateway.services.readiness import two_factor_warning
 from gateway.services.secret_key import load_secret_key
 from gateway.services.signing import KeyRing
 from gateway.services.store import open_store
@@ -111,6 +112,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             policy_generation=snapshot.generation,
             fingerprint=snapshot.fingerprint[:16],
         )
+        await _warn_two_factor(services, snapshot)
         services.ready = True
         try:
             yield
@@ -162,12 +164,23 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
                 hint="listen/tls changes take effect only after a restart; "
                 "the gateway keeps serving on the old address",
             )
+        await _warn_two_factor(services, new)
         log.info("policy_reloaded", generation=new.generation, files=list(result.files))
         audit.record("policy.reloaded", flush=True, generation=new.generation,
                      fingerprint=new.fingerprint[:16], files=list(result.files),
                      warnings=list(new.warnings) or None)
 
     return on_reload
+
+
+async def _warn_two_factor(services: Services, snapshot: Snapshot) -> None:
+    try:
+        warning = await two_factor_warning(snapshot, services.store)
+    except Exception:
+        log.exception("two_factor_check_failed")
+        return
+    if warning:
+        log.warning("two_factor_no_admin_enrolled", warning=warning)
 
 
 def initial_holder(config_file: Path, result: LoadResult) -> PolicyHolder:

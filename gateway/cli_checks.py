@@ -32,28 +32,21 @@ def lockout_warnings(snapshot: Snapshot, client_ip: str) -> list[str]:
 
 
 async def two_factor_warnings(snapshot: Snapshot) -> list[str]:
-    """Enforcing 2FA before any admin enrolled locks admins into the interstitial too."""
-    if snapshot.policy.two_factor.enforce == "none":
-        return []
-    admins = [u for u in snapshot.users.values() if u.admin]
-    if not admins:
-        return []
+    from gateway.services.readiness import two_factor_warning
     from gateway.services.store import open_store
 
+    if snapshot.policy.two_factor.enforce == "none":
+        return []
     try:
         store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal for a syntax check
+    except Exception as exc:  # reported, not fatal for a validity check
         return [f"state store {snapshot.config.state!r} not reachable ({exc}); "
                 "could not check whether an admin has 2FA"]
     try:
-        for admin in admins:
-            if await store.totp_get(admin.name) is not None:
-                return []
+        warning = await two_factor_warning(snapshot, store)
     finally:
         await store.close()
-    return [f"two_factor.enforce is {snapshot.policy.two_factor.enforce!r} while no gateway admin "
-            "has enrolled 2FA yet; admins will meet the enrollment screen at their next sign-in "
-            "(enroll yourself first on the account page). Enforcement stays on."]
+    return [warning] if warning else []
 
 
 def run_checks(config: Path, client_ip: str | None) -> int:
