@@ -233,8 +233,12 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise _back_to_login(ctx)
     session, user = found
-    if session["stage"] == "done" and await accounts.enrolled(services.store, user.name):
-        raise web.HTTPFound(_url(ctx, "account"))
+    if await accounts.enrolled(services.store, user.name):
+        if session["stage"] == "done":
+            raise web.HTTPFound(_url(ctx, "account"))
+        # Enrolled since this interstitial began (elsewhere, or here already): a password-only
+        # session must not replace the authenticator; advance() asks for a code instead.
+        return await advance(request, session, user)
     sealer = _sealer(request)
     pending = session.get(PENDING_SECRET)
     secret = accounts.open_secret(sealer, user.name, pending) if pending else None
