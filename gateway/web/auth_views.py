@@ -98,6 +98,9 @@ async def advance(request: web.Request, session: Session, user: User) -> web.Str
         session["stage"] = "enroll"
         raise web.HTTPFound(_url(ctx, "2fa/enroll"))
     if session.get("stage") != "done":
+        # Only a complete sign-in clears the user's failure count: clearing it after the
+        # password would let whoever knows the password guess codes without ever being banned.
+        await accounts.unlock(services.store, user.name)
         session["stage"] = "done"
         session.setdefault("auth", "password")
         ctx.principal, ctx.auth = user.name, session["auth"]
@@ -153,7 +156,6 @@ async def login(request: web.Request) -> web.StreamResponse:
                   decision="deny:too_many_attempts", subjects=[b.split(":")[0] for b in banned])
         return again("Wrong username or password.", 401)
 
-    await accounts.unlock(services.store, user.name)
     session = await fresh_session(request)
     session.update({"user": user.name, "pwv": password_version(user), "stage": "password-ok",
                     "next": next_})
