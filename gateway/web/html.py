@@ -28,7 +28,8 @@ border-radius:6px;background:var(--accent);color:#fff;cursor:pointer}
 button.secondary{background:transparent;color:var(--accent);border:1px solid var(--line)}
 .error{color:var(--bad);border-left:4px solid var(--bad);padding:.4rem .8rem;margin:1rem 0}
 .notice{color:var(--good);border-left:4px solid var(--good);padding:.4rem .8rem;margin:1rem 0}
-code,.secret{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
+.secret{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;overflow-wrap:anywhere;word-break:normal}
 .qr{max-width:14rem;margin:1rem auto;background:#fff;padding:.5rem;border-radius:6px}
 .qr svg{width:100%;height:auto;display:block}
 ol.codes{columns:2;font-family:ui-monospace,monospace;font-size:1.05rem}
