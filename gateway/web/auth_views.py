@@ -26,7 +26,7 @@ from gateway.web import forms
 from gateway.web.html import page
 from gateway.web.redirects import safe_next
 from gateway.web.resources import SERVICES, Services
-from gateway.web.sessions import fresh_session, login_state, password_version
+from gateway.web.sessions import current_login, fresh_session, login_state, password_version
 
 SEALER_PURPOSE = "totp-secrets"
 PENDING_SECRET = "pending_totp"
@@ -118,8 +118,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     if request.method in ("GET", "HEAD"):
         next_ = safe_next(request.query.get("next"), ctx.snapshot.prefix)
-        session = await get_session(request)
-        if session.get("stage") == "done" and login_state(session, ctx) is not None:
+        # The same test as the gate: a session the gate refuses (2FA now required, password
+        # reset by an admin) gets the form, not a redirect back to `next` and round again.
+        if await current_login(request, ctx) is not None:
             raise web.HTTPFound(next_)
         return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), next_))
 
