@@ -74,7 +74,9 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
         audit = AuditLog(
             snapshot.paths.audit_file,
             secret_key.derive("audit-chain"),
-            head_sink=lambda chain, seq, digest: store.audit_head_put(chain, seq, digest, time.time()),
+            head_sink=lambda chain, seq, digest: store.audit_head_put(
+                chain, seq, digest, time.time()
+            ),
         )
         await audit.start()
         keyring = KeyRing(store, secret_key)
@@ -146,8 +148,14 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
             errors = [str(p) for p in result.report.errors]
             services.metrics.reloads.labels("failed").inc()
             log.error("policy_rejected", errors=errors, kept_generation=previous.generation)
-            audit.record("policy.rejected", flush=True, decision=None, errors=errors,
-                         files=list(result.files), kept_generation=previous.generation)
+            audit.record(
+                "policy.rejected",
+                flush=True,
+                decision=None,
+                errors=errors,
+                files=list(result.files),
+                kept_generation=previous.generation,
+            )
             return
         services.metrics.reloads.labels("ok").inc()
         new = result.snapshot
@@ -156,7 +164,9 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
         services.metrics.policy_generation.set(new.generation)
         for warning in new.warnings:
             log.warning("policy_warning", warning=warning)
-        restart = [k for k in ("listen", "tls") if getattr(new.config, k) != getattr(previous.config, k)]
+        restart = [
+            k for k in ("listen", "tls") if getattr(new.config, k) != getattr(previous.config, k)
+        ]
         if restart:
             log.warning(
                 "restart_required",
@@ -166,9 +176,14 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
             )
         await _warn_two_factor(services, new)
         log.info("policy_reloaded", generation=new.generation, files=list(result.files))
-        audit.record("policy.reloaded", flush=True, generation=new.generation,
-                     fingerprint=new.fingerprint[:16], files=list(result.files),
-                     warnings=list(new.warnings) or None)
+        audit.record(
+            "policy.reloaded",
+            flush=True,
+            generation=new.generation,
+            fingerprint=new.fingerprint[:16],
+            files=list(result.files),
+            warnings=list(new.warnings) or None,
+        )
 
     return on_reload
 

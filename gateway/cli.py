@@ -22,8 +22,12 @@ DEFAULT_CONFIG = "config/gateway.yaml"
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG),
-                        help=f"the gateway.yaml to use (default {DEFAULT_CONFIG})")
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=Path(DEFAULT_CONFIG),
+        help=f"the gateway.yaml to use (default {DEFAULT_CONFIG})",
+    )
     p = argparse.ArgumentParser(prog="gateway", description="Access gateway", parents=[common])
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -34,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", parents=[common], help="validate config and policies")
     check.add_argument("--client-ip", help="warn when this IP would be locked out of a surface")
 
-    ex = sub.add_parser("explain", parents=[common], help="the decision for a request, step by step")
+    ex = sub.add_parser(
+        "explain", parents=[common], help="the decision for a request, step by step"
+    )
     ex.add_argument("--surface", required=True, choices=["dashboard", "api"])
     ex.add_argument("--ip", required=True)
     who = ex.add_mutually_exclusive_group()
@@ -44,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("method")
     ex.add_argument("path")
 
-    sub.add_parser("hash-password", parents=[common],
-                   help="argon2id hash for users.yaml (stdin or prompt)")
+    sub.add_parser(
+        "hash-password", parents=[common], help="argon2id hash for users.yaml (stdin or prompt)"
+    )
 
     apikey = sub.add_parser("apikey", parents=[common], help="service account keys")
     apikey_sub = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -54,10 +61,12 @@ def _parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", parents=[common], help="act on a user's account")
     user_sub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in [("reset-2fa", "remove the authenticator; enroll again at next sign-in"),
-                         ("unlock", "lift a sign-in ban"),
-                         ("revoke-sessions", "sign the user out everywhere"),
-                         ("expire-password", "force a password change at next sign-in")]:
+    for action, text in [
+        ("reset-2fa", "remove the authenticator; enroll again at next sign-in"),
+        ("unlock", "lift a sign-in ban"),
+        ("revoke-sessions", "sign the user out everywhere"),
+        ("expire-password", "force a password change at next sign-in"),
+    ]:
         a = user_sub.add_parser(action, parents=[common], help=text)
         a.add_argument("user")
 
@@ -119,8 +128,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if result is None:
         return EXIT_INVALID
     assert result.snapshot is not None
-    out = explain(result.snapshot, surface=args.surface, ip=args.ip, method=args.method,
-                  path=args.path, user=args.user, account=args.account, host=args.host)
+    out = explain(
+        result.snapshot,
+        surface=args.surface,
+        ip=args.ip,
+        method=args.method,
+        path=args.path,
+        user=args.user,
+        account=args.account,
+        host=args.host,
+    )
     print(out.render())
     return EXIT_OK if out.decision == "allow" else EXIT_INVALID
 
@@ -149,13 +166,15 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     key = "gwk_" + secrets.token_urlsafe(32)
     print(f"key: {key}")
     print(f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}")
-    print(f"# put key_sha256 under service_accounts.{args.name} in policies/; "
-          "the key is shown only now", file=sys.stderr)
+    print(
+        f"# put key_sha256 under service_accounts.{args.name} in policies/; "
+        "the key is shown only now",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
-def _with_store(args: argparse.Namespace,
-                job: Callable[..., Awaitable[int]]) -> int:
+def _with_store(args: argparse.Namespace, job: Callable[..., Awaitable[int]]) -> int:
     """Open the state store and an audit log of the config, run job(snapshot, store, audit)."""
     from gateway.services.audit import AuditLog
     from gateway.services.secret_key import load_secret_key
@@ -170,8 +189,11 @@ def _with_store(args: argparse.Namespace,
     async def go() -> int:
         key = load_secret_key(snapshot.paths.secret_key_file)
         store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
-        audit = AuditLog(snapshot.paths.audit_file, key.derive("audit-chain"),
-                         head_sink=lambda c, s, h: store.audit_head_put(c, s, h, time.time()))
+        audit = AuditLog(
+            snapshot.paths.audit_file,
+            key.derive("audit-chain"),
+            head_sink=lambda c, s, h: store.audit_head_put(c, s, h, time.time()),
+        )
         await audit.start()
         try:
             return await job(snapshot, store, audit)
@@ -194,8 +216,10 @@ def cmd_user(args: argparse.Namespace) -> int:
         if args.action == "reset-2fa":
             revoked = await accounts.reset_2fa(store, name)
             audit.record("totp.reset", flush=True, sessions_revoked=revoked, **fields)
-            print(f"{name}: authenticator removed, {revoked} session(s) ended; "
-                  "they enroll again at their next sign-in")
+            print(
+                f"{name}: authenticator removed, {revoked} session(s) ended; "
+                "they enroll again at their next sign-in"
+            )
         elif args.action == "unlock":
             await accounts.unlock(store, name)
             audit.record("login.unlocked", flush=True, **fields)
@@ -237,8 +261,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(problem)
         state = "ok" if report.ok else "FAILED"
-        print(f"{state}: {report.records} records in {report.chains} chain(s), "
-              f"{len(report.problems)} problem(s)")
+        print(
+            f"{state}: {report.records} records in {report.chains} chain(s), "
+            f"{len(report.problems)} problem(s)"
+        )
         return EXIT_OK if report.ok else EXIT_INVALID
 
     return _with_store(args, job)

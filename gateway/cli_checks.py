@@ -26,8 +26,10 @@ def lockout_warnings(snapshot: Snapshot, client_ip: str) -> list[str]:
         if not verdict.allowed:
             out.append(f"{client_ip} would be locked out of the {name} surface: {verdict.reason}")
         elif verdict.monitored:
-            out.append(f"{client_ip} is in no allowlists.{name} entry; the surface is in monitor "
-                       "mode now, so switching it to enforce would lock this IP out")
+            out.append(
+                f"{client_ip} is in no allowlists.{name} entry; the surface is in monitor "
+                "mode now, so switching it to enforce would lock this IP out"
+            )
     return out
 
 
@@ -40,8 +42,10 @@ async def two_factor_warnings(snapshot: Snapshot) -> list[str]:
     try:
         store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
     except Exception as exc:  # reported, not fatal for a validity check
-        return [f"state store {snapshot.config.state!r} not reachable ({exc}); "
-                "could not check whether an admin has 2FA"]
+        return [
+            f"state store {snapshot.config.state!r} not reachable ({exc}); "
+            "could not check whether an admin has 2FA"
+        ]
     try:
         warning = await two_factor_warning(snapshot, store)
     finally:
@@ -66,8 +70,10 @@ def run_checks(config: Path, client_ip: str | None) -> int:
     for text in extra:
         print(f"warning: {text}")
     count = len(warnings) + len(extra)
-    summary = f"valid: {len(result.files)} file(s), {len(result.snapshot.apps)} app(s), " \
-              f"{len(result.snapshot.users)} user(s), " \
-              f"{len(result.snapshot.accounts)} service account(s)"
+    summary = (
+        f"valid: {len(result.files)} file(s), {len(result.snapshot.apps)} app(s), "
+        f"{len(result.snapshot.users)} user(s), "
+        f"{len(result.snapshot.accounts)} service account(s)"
+    )
     print(summary + (f", {count} warning(s)" if count else ""))
     return 3 if count else 0

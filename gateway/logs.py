@@ -19,9 +19,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
     if json is None:
         json = not sys.stderr.isatty()
     renderer = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
@@ -37,5 +35,9 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
         cache_logger_on_first_use=True,
     )
     # aiohttp and asyncio log through the standard library: same stream, same level.
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=max(numeric, logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
+    )

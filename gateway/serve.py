@@ -25,8 +25,13 @@ from gateway.settings import serve_settings
 log = structlog.get_logger("gateway")
 
 
-def run_worker(config_file: Path, result: LoadResult | None = None, *, reuse_port: bool = False,
-               port: int | None = None) -> None:
+def run_worker(
+    config_file: Path,
+    result: LoadResult | None = None,
+    *,
+    reuse_port: bool = False,
+    port: int | None = None,
+) -> None:
     from gateway.logs import configure_logging
 
     configure_logging()
@@ -38,8 +43,13 @@ def run_worker(config_file: Path, result: LoadResult | None = None, *, reuse_por
     holder = initial_holder(config_file, result)
     settings = serve_settings(result.snapshot, port)
     app = build_app(holder)
-    log.info("listening", host=settings.host, port=settings.port, pid=os.getpid(),
-             tls=settings.ssl_context is not None)
+    log.info(
+        "listening",
+        host=settings.host,
+        port=settings.port,
+        pid=os.getpid(),
+        tls=settings.ssl_context is not None,
+    )
     web.run_app(
         app,
         host=settings.host,
@@ -75,8 +85,12 @@ def _supervise(config_file: Path, workers: int, port: int | None) -> int:
     stopping = False
 
     def start() -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=run_worker, args=(config_file,),
-                           kwargs={"reuse_port": True, "port": port}, daemon=False)
+        proc = ctx.Process(
+            target=run_worker,
+            args=(config_file,),
+            kwargs={"reuse_port": True, "port": port},
+            daemon=False,
+        )
         proc.start()
         return proc
 

@@ -109,24 +109,39 @@ def gateway_files(
         "upstream_timeouts": {"connect": "2s", "read": "5s"},
         "apps": apps
         or {
-            "console": {"surface": "dashboard", "match": {"path": "/"},
-                        "upstream": dashboard_upstream},
-            "protection-api": {"surface": "api", "match": {"path": "/api/"},
-                               "upstream": api_upstream},
+            "console": {
+                "surface": "dashboard",
+                "match": {"path": "/"},
+                "upstream": dashboard_upstream,
+            },
+            "protection-api": {
+                "surface": "api",
+                "match": {"path": "/api/"},
+                "upstream": api_upstream,
+            },
         },
     }
     config.update(extra_config or {})
     if users is None:
         users = {
-            "alice": {"email": "alice@example.com", "password_hash": password_hash(),
-                      "admin": True, "grants": {"console": "admin"}},
-            "bob": {"email": "bob@example.com", "password_hash": password_hash(),
-                    "grants": {"console": "viewer"}},
+            "alice": {
+                "email": "alice@example.com",
+                "password_hash": password_hash(),
+                "admin": True,
+                "grants": {"console": "admin"},
+            },
+            "bob": {
+                "email": "bob@example.com",
+                "password_hash": password_hash(),
+                "grants": {"console": "viewer"},
+            },
         }
     if accounts is None:
         accounts = {
-            "sync": {"key_sha256": key_sha256(api_key("sync")),
-                     "grants": {"protection-api": "writer"}},
+            "sync": {
+                "key_sha256": key_sha256(api_key("sync")),
+                "grants": {"protection-api": "writer"},
+            },
         }
     policies = {
         "access": {
@@ -262,9 +277,18 @@ async def gateway_process(
 
     port = port or free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(files.config_file),
-        "--port", str(port), "--workers", str(workers),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(files.config_file),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:

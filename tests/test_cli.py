@@ -15,7 +15,10 @@ from tests.factories import api_key, client, echo_app, gateway_files, running_ga
 
 def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], input=stdin, capture_output=True, text=True,
+        [sys.executable, "-m", "gateway", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
@@ -34,13 +37,19 @@ class TestCheck:
         files.write_policy("security", "two_factor: {enforce: maybe}\n")
         out = gateway("check", "--config", str(files.config_file))
         assert out.returncode == 1
-        assert "security.yaml:1 two_factor.enforce: input should be 'all', 'admins' or 'none'" \
+        assert (
+            "security.yaml:1 two_factor.enforce: input should be 'all', 'admins' or 'none'"
             in out.stdout
+        )
 
     def test_client_ip_lockout_warning(self, tmp_path):
-        files = gateway_files(tmp_path, allowlists={
-            "dashboard": {"enabled": True, "entries": [{"ip": "203.0.113.0/24"}]},
-            "api": {"enabled": False}})
+        files = gateway_files(
+            tmp_path,
+            allowlists={
+                "dashboard": {"enabled": True, "entries": [{"ip": "203.0.113.0/24"}]},
+                "api": {"enabled": False},
+            },
+        )
         out = gateway("check", "--config", str(files.config_file), "--client-ip", "192.0.2.7")
         assert out.returncode == 3, out.stdout
         assert "warning: 192.0.2.7 would be locked out of the dashboard surface" in out.stdout
@@ -69,13 +78,35 @@ class TestExplain:
     def test_allow_and_deny(self, tmp_path):
         files = gateway_files(tmp_path)
         config = str(files.config_file)
-        out = gateway("explain", "--config", config, "--surface", "api", "--ip", "127.0.0.1",
-                      "--account", "sync", "POST", "/api/things")
+        out = gateway(
+            "explain",
+            "--config",
+            config,
+            "--surface",
+            "api",
+            "--ip",
+            "127.0.0.1",
+            "--account",
+            "sync",
+            "POST",
+            "/api/things",
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.strip().endswith("=> allow")
         assert "roles.writer.allow[0] allows POST /things" in out.stdout
-        out = gateway("explain", "--config", config, "--surface", "dashboard", "--ip", "10.1.1.1",
-                      "--user", "bob", "DELETE", "/reports")
+        out = gateway(
+            "explain",
+            "--config",
+            config,
+            "--surface",
+            "dashboard",
+            "--ip",
+            "10.1.1.1",
+            "--user",
+            "bob",
+            "DELETE",
+            "/reports",
+        )
         assert out.returncode == 1
         assert out.stdout.strip().endswith("=> deny:forbidden")
 

@@ -27,11 +27,16 @@ class TestWorkers:
                     async with http.get(f"{url}/api/x", headers=KEY) as r:
                         assert r.status == 200
                 # every worker must pick up the change on its own
-                files.write_policy("access", {
-                    "protection": {"enabled": True},
-                    "allowlists": {"dashboard": {"enabled": False},
-                                   "api": {"enabled": True, "entries": [{"ip": "192.0.2.1"}]}},
-                })
+                files.write_policy(
+                    "access",
+                    {
+                        "protection": {"enabled": True},
+                        "allowlists": {
+                            "dashboard": {"enabled": False},
+                            "api": {"enabled": True, "entries": [{"ip": "192.0.2.1"}]},
+                        },
+                    },
+                )
                 deadline = time.monotonic() + 15
                 statuses: list[int] = []
                 while time.monotonic() < deadline:
@@ -47,7 +52,8 @@ class TestWorkers:
                 async with http.get(f"{url}/_gateway/metrics") as r:
                     metrics = await r.text()
                 counted = sum(
-                    float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                    float(line.rsplit(" ", 1)[1])
+                    for line in metrics.splitlines()
                     if line.startswith('gateway_requests_total{app="protection-api"')
                 )
                 assert counted == sent  # the scrape of one worker aggregates both
@@ -58,7 +64,17 @@ class TestWorkers:
         pids_served = {r["chain"] for r in records if r["event"] == "request"}
         assert len(pids_served) == 2  # SO_REUSEPORT spread the connections over both
         out = subprocess.run(
-            [sys.executable, "-m", "gateway", "audit", "verify", "--config",
-             str(files.config_file)], capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "audit",
+                "verify",
+                "--config",
+                str(files.config_file),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stdout + out.stderr

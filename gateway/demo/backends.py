@@ -19,10 +19,12 @@ async def dashboard(request: web.Request) -> web.Response:
     token = request.headers.get("X-Gateway-Assertion", "")
     try:
         identity = await request.app[VERIFIER].verify_async(token)
-        verified = (f"<p class=ok>✔ Assertion verified with the gateway's JWKS: "
-                    f"<strong>{escape(identity.user)}</strong> is <strong>"
-                    f"{escape(identity.role)}</strong> of <strong>{escape(identity.app)}</strong> "
-                    f"(auth: {escape(identity.auth)}).</p>")
+        verified = (
+            f"<p class=ok>✔ Assertion verified with the gateway's JWKS: "
+            f"<strong>{escape(identity.user)}</strong> is <strong>"
+            f"{escape(identity.role)}</strong> of <strong>{escape(identity.app)}</strong> "
+            f"(auth: {escape(identity.auth)}).</p>"
+        )
     except InvalidAssertion as exc:
         verified = f"<p class=bad>✘ Assertion not valid: {escape(exc.reason)}</p>"
     rows = "".join(
@@ -36,8 +38,9 @@ async def dashboard(request: web.Request) -> web.Response:
 <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:50rem;margin:2rem auto;padding:0 1rem}}
 .ok{{color:#067647}}.bad{{color:#b42318}}th{{text-align:left;padding-right:1rem}}
 code{{word-break:break-all}}</style></head><body>
-<h1>Demo dashboard</h1><p id=whoami>Signed in as <strong>{escape(
-        request.headers.get("X-Gateway-User", "?"))}</strong></p>{verified}
+<h1>Demo dashboard</h1><p id=whoami>Signed in as <strong>{
+        escape(request.headers.get("X-Gateway-User", "?"))
+    }</strong></p>{verified}
 <h2>What the gateway sent</h2><table>{rows}</table>
 <p><a href="/_gateway/account">Your account</a> · <a href="/settings/">Settings</a> ·
 <a href="/_gateway/logout">Sign out</a></p></body></html>"""
@@ -45,14 +48,16 @@ code{{word-break:break-all}}</style></head><body>
 
 
 async def api(request: web.Request) -> web.Response:
-    return web.json_response({
-        "service": "demo-api",
-        "path": request.path,
-        "method": request.method,
-        "caller": request.headers.get("X-Gateway-User"),
-        "role": request.headers.get("X-Gateway-Role"),
-        "auth": request.headers.get("X-Gateway-Auth"),
-    })
+    return web.json_response(
+        {
+            "service": "demo-api",
+            "path": request.path,
+            "method": request.method,
+            "caller": request.headers.get("X-Gateway-User"),
+            "role": request.headers.get("X-Gateway-Role"),
+            "auth": request.headers.get("X-Gateway-Auth"),
+        }
+    )
 
 
 def dashboard_app(jwks_url: str) -> web.Application:

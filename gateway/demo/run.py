@@ -8,7 +8,9 @@ The demo users' passwords and the service account's key are printed at start and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -111,7 +113,7 @@ def write_demo_files(base: Path, port: int, dash_port: int, api_port: int) -> st
     return api_key
 
 
-async def _serve(port: int) -> None:
+async def _serve(port: int, shown_dir: str) -> None:
     from gateway.app import build_app, initial_holder
     from gateway.policy.source import load
 
@@ -125,23 +127,29 @@ async def _serve(port: int) -> None:
         raise SystemExit(1)
     base = f"http://127.0.0.1:{port}"
     runners = []
-    for app, p in ((dashboard_app(f"{base}/_gateway/jwks.json"), dash_port),
-                   (api_app(), api_port), (build_app(initial_holder(config, result)), port)):
+    for app, p in (
+        (dashboard_app(f"{base}/_gateway/jwks.json"), dash_port),
+        (api_app(), api_port),
+        (build_app(initial_holder(config, result)), port),
+    ):
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", p).start()
         runners.append(runner)
-    print(f"""
+    print(
+        f"""
 Access gateway demo
   Dashboard     {base}/
-     alice / {PASSWORDS['alice']}   (gateway admin: must enroll 2FA, role admin)
-     bob   / {PASSWORDS['bob']}     (role viewer, no 2FA required)
+     alice / {PASSWORDS["alice"]}   (gateway admin: must enroll 2FA, role admin)
+     bob   / {PASSWORDS["bob"]}     (role viewer, no 2FA required)
   API           curl -H 'Authorization: Bearer {api_key}' {base}/api/status
   Your account  {base}/_gateway/account
   Health        {base}/_gateway/readyz    Metrics {base}/_gateway/metrics
-  Files         {DEMO_DIR.resolve()} (edit policies/ and watch them reload)
+  Files         {shown_dir} (edit policies/ and watch them reload)
 Press Ctrl-C to stop.
-""", flush=True)
+""",
+        flush=True,
+    )
     try:
         await asyncio.Event().wait()
     finally:
@@ -153,8 +161,6 @@ def run_demo(port: int) -> int:
     from gateway.logs import configure_logging
 
     configure_logging()
-    try:
-        asyncio.run(_serve(port))
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(port, os.path.abspath(DEMO_DIR)))
     return 0

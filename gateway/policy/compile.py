@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import netaddr
 
 from gateway.policy.ipset import CompiledIPSet
-from gateway.policy.schema import AppSpec, GatewayConfig, Policy, PasswordPolicy
+from gateway.policy.schema import AppSpec, GatewayConfig, PasswordPolicy, Policy
 from gateway.policy.schema import Role as RoleSpec
 from gateway.policy.snapshot import (
     SURFACES,

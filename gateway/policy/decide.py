@@ -79,9 +79,7 @@ def find_account(snapshot: Snapshot, digest: bytes) -> ServiceAccount | None:
     return None
 
 
-def check_account(
-    account: ServiceAccount, ip: tuple[int, int] | None, now: float
-) -> Decision:
+def check_account(account: ServiceAccount, ip: tuple[int, int] | None, now: float) -> Decision:
     if account.expires_at is not None and now >= account.expires_at:
         return deny(UNAUTHENTICATED, f"service account {account.name!r} has expired")
     if account.allow is not None and (ip is None or not account.allow.contains(ip[1], ip[0])):
@@ -95,7 +93,7 @@ def check_account(
 def authorize(
     snapshot: Snapshot, grants: dict[str, str] | object, app: AppRoute, method: str, path: str
 ) -> tuple[Decision, str | None]:
-    """The principal's grant on the app names a role; the role's rules decide. -> (decision, role)"""
+    """The grant on the app names a role; the role's rules decide. -> (decision, role)"""
     role_name = grants.get(app.name)  # type: ignore[attr-defined]
     if role_name is None:
         return deny(FORBIDDEN, f"no grant on app {app.name!r}"), None

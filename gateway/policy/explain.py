@@ -27,8 +27,9 @@ class Explanation:
 
     def render(self) -> str:
         width = max(len(s) for s, _ in self.steps) if self.steps else 0
-        lines = [f"{i}. {step.ljust(width)}  {text}" for i, (step, text) in
-                 enumerate(self.steps, 1)]
+        lines = [
+            f"{i}. {step.ljust(width)}  {text}" for i, (step, text) in enumerate(self.steps, 1)
+        ]
         return "\n".join([*lines, f"=> {self.decision}"])
 
 
@@ -58,12 +59,17 @@ def explain(
     route = decide.match_route(snapshot, host.lower() if host else None, normal)
     if route is None:
         return out.stop(decide.NOT_FOUND, "app", "no app matches this host and path: 404")
-    out.add("app", f"{route.name} (prefix {route.prefix}, surface {route.surface}, "
-                   f"upstream {route.upstream}{route.upstream_target(normal)})")
+    out.add(
+        "app",
+        f"{route.name} (prefix {route.prefix}, surface {route.surface}, "
+        f"upstream {route.upstream}{route.upstream_target(normal)})",
+    )
     if route.surface != surface:
         out.add("surface", f"note: the path belongs to the {route.surface} surface, not {surface}")
     verdict = decide.check_allowlist(
-        snapshot.surfaces[route.surface], snapshot.protection_enabled, addr  # type: ignore[index]
+        snapshot.surfaces[route.surface],
+        snapshot.protection_enabled,
+        addr,  # type: ignore[index]
     )
     if not verdict.allowed:
         return out.stop(verdict.code or decide.IP_NOT_ALLOWED, "allowlist", verdict.reason)
@@ -71,13 +77,20 @@ def explain(
     method = method.upper()
     if route.surface == "api":
         if user is not None:
-            return out.stop(decide.UNAUTHENTICATED, "authenticate",
-                            "users' passwords never work on the api surface; use --account")
+            return out.stop(
+                decide.UNAUTHENTICATED,
+                "authenticate",
+                "users' passwords never work on the api surface; use --account",
+            )
         acct = snapshot.accounts.get(account or "")
         if acct is None:
-            return out.stop(decide.UNAUTHENTICATED, "authenticate",
-                            f"no service account {account!r}: 401" if account else
-                            "no --account given: an API request without a key gets 401")
+            return out.stop(
+                decide.UNAUTHENTICATED,
+                "authenticate",
+                f"no service account {account!r}: 401"
+                if account
+                else "no --account given: an API request without a key gets 401",
+            )
         verdict = decide.check_account(acct, addr, now)
         if not verdict.allowed:
             return out.stop(verdict.code or decide.UNAUTHENTICATED, "authenticate", verdict.reason)
@@ -86,9 +99,13 @@ def explain(
     else:
         person = snapshot.users.get(user or "")
         if person is None:
-            return out.stop(decide.UNAUTHENTICATED, "authenticate",
-                            f"no user {user!r}: sent to sign in" if user else
-                            "no --user given: a browser without a session is sent to sign in")
+            return out.stop(
+                decide.UNAUTHENTICATED,
+                "authenticate",
+                f"no user {user!r}: sent to sign in"
+                if user
+                else "no --user given: a browser without a session is sent to sign in",
+            )
         factor = "password + TOTP" if person.requires_2fa else "password"
         out.add("authenticate", f"user {person.name!r} signed in with {factor}")
         grants = person.grants

@@ -157,7 +157,7 @@ class GatewayConfig(Model):
     )
     state: str = "sqlite:///state/gateway.db"
     sessions: Sessions = Sessions()
-    secret_key_file: str | None = "state/gateway.key"
+    secret_key_file: str | None = "state/gateway.key"  # noqa: S105 - a path, not a secret
     audit: Audit = Audit()
     smtp: Smtp | None = None
     geoip: GeoIp = GeoIp()
@@ -223,7 +223,9 @@ class TwoFactor(Model):
     # Secure by default: a policy that says nothing about 2FA asks everybody for it.
     enforce: Literal["all", "admins", "none"] = "all"
     # Authenticator apps split "Issuer:account" at the colon, so the issuer cannot contain one.
-    issuer: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:]+$")] = "Access Gateway"
+    issuer: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:]+$")] = (
+        "Access Gateway"
+    )
 
 
 class PasswordPolicy(Model):

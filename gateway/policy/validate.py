@@ -195,4 +195,6 @@ def _check_references(
         seen_keys[digest] = name
     for app in policy.apps_policy:
         if app not in config.apps:
-            report.error(src("apps_policy"), ("apps_policy", app), f"no app {app!r} in gateway.yaml")
+            report.error(
+                src("apps_policy"), ("apps_policy", app), f"no app {app!r} in gateway.yaml"
+            )

@@ -31,15 +31,13 @@ def _walk(
             if not isinstance(key, str | int | bool | float) or key is None:
                 key = str(key)
             if key in out:
-                dupes.append((path + (str(key),), key_node.start_mark.line + 1))
-            child = path + (key if isinstance(key, str) else str(key),)
+                dupes.append(((*path, str(key)), key_node.start_mark.line + 1))
+            child = (*path, key if isinstance(key, str) else str(key))
             lines[child] = key_node.start_mark.line + 1
             out[key] = _walk(value_node, child, loader, lines, dupes)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _walk(item, path + (i,), loader, lines, dupes) for i, item in enumerate(node.value)
-        ]
+        return [_walk(item, (*path, i), loader, lines, dupes) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 

@@ -15,8 +15,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -40,12 +40,16 @@ class Metrics:
             registry=r,
         )
         self.reloads = Counter(
-            "gateway_policy_reloads_total", "Policy reloads by result (ok, failed).", ["result"],
+            "gateway_policy_reloads_total",
+            "Policy reloads by result (ok, failed).",
+            ["result"],
             registry=r,
         )
         self.policy_generation = Gauge(
-            "gateway_policy_generation", "Generation of the policy snapshot in force.",
-            registry=r, multiprocess_mode="max",
+            "gateway_policy_generation",
+            "Generation of the policy snapshot in force.",
+            registry=r,
+            multiprocess_mode="max",
         )
         self.logins = Counter(
             "gateway_logins_total", "Sign-in attempts by result.", ["result"], registry=r

@@ -18,6 +18,8 @@ async def two_factor_warning(snapshot: Snapshot, store: StateStore) -> str | Non
     for admin in admins:
         if await store.totp_get(admin.name) is not None:
             return None
-    return (f"two_factor.enforce is {enforce!r} while no gateway admin has enrolled 2FA yet; "
-            "admins will meet the enrollment screen at their next sign-in (enroll yourself "
-            "first on the account page). Enforcement stays on.")
+    return (
+        f"two_factor.enforce is {enforce!r} while no gateway admin has enrolled 2FA yet; "
+        "admins will meet the enrollment screen at their next sign-in (enroll yourself "
+        "first on the account page). Enforcement stays on."
+    )

@@ -34,8 +34,11 @@ def deny(request: web.Request, ctx: RequestContext, decision: Decision) -> web.R
     if decision.code == decide.UNAUTHENTICATED and ctx.surface == "api":
         headers = {"WWW-Authenticate": API_KEY_CHALLENGE}
     return error_response(
-        request, decision.code or decide.FORBIDDEN, surface=ctx.surface,
-        request_id=ctx.request_id, headers=headers,
+        request,
+        decision.code or decide.FORBIDDEN,
+        surface=ctx.surface,
+        request_id=ctx.request_id,
+        headers=headers,
     )
 
 
@@ -103,7 +106,7 @@ async def entry(request: web.Request) -> web.StreamResponse:
 
 
 def check_surface(ctx: RequestContext) -> Decision:
-    """Step 3: the surface allowlist. Monitor mode lets through and remembers the would-be denial."""
+    """Step 3: the surface allowlist; monitor mode lets through and notes the would-be denial."""
     snapshot = ctx.snapshot
     surface = snapshot.surfaces[ctx.surface]  # type: ignore[index]
     verdict = decide.check_allowlist(surface, snapshot.protection_enabled, ctx.client_addr)

@@ -55,7 +55,5 @@ def page(title: str, body: str, *, wide: bool = False, footer: str = "") -> str:
 
 
 def message_page(title: str, text: str, request_id: str | None) -> str:
-    ref = (
-        f'<p class="muted">Reference: <code>{escape(request_id)}</code></p>' if request_id else ""
-    )
+    ref = f'<p class="muted">Reference: <code>{escape(request_id)}</code></p>' if request_id else ""
     return page(title, f"<h1>{escape(title)}</h1><p>{escape(text)}</p>{ref}")

@@ -1,9 +1,9 @@
 """The gateway's own pages under {prefix}: a fixed table, each entry with its access rule.
 
-    open       healthz, readyz, jwks.json: anyone who can reach the gateway
-    ops        metrics: client IP in `ops_allow`
-    dashboard  login, 2FA, account, admin: the dashboard surface and its allowlist; POSTs carry
-               a CSRF token. The views themselves decide who is signed in far enough.
+open       healthz, readyz, jwks.json: anyone who can reach the gateway
+ops        metrics: client IP in `ops_allow`
+dashboard  login, 2FA, account, admin: the dashboard surface and its allowlist; POSTs carry
+           a CSRF token. The views themselves decide who is signed in far enough.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ class Pages:
         if request.method not in page.methods:
             ctx.decision = decide.deny("method_not_allowed", f"{request.method} not accepted")
             return error_response(
-                request, "method_not_allowed", surface=ctx.surface, request_id=ctx.request_id,
+                request,
+                "method_not_allowed",
+                surface=ctx.surface,
+                request_id=ctx.request_id,
                 headers={"Allow": ", ".join(sorted(page.methods))},
             )
         if page.access == "dashboard" and request.method == "POST":

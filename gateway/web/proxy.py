@@ -43,8 +43,13 @@ CLAIMS: Final = frozenset(
 SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # Set by aiohttp's WebSocket handshake itself.
 WS_HANDSHAKE: Final = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-     "sec-websocket-protocol", "host"}
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "host",
+    }
 )
 
 
@@ -99,7 +104,9 @@ def upstream_request_headers(
 def _without_cookie(header: str, name: str) -> str:
     prefix = name + "="
     return "; ".join(
-        part for part in (p.strip() for p in header.split(";")) if part and not part.startswith(prefix)
+        part
+        for part in (p.strip() for p in header.split(";"))
+        if part and not part.startswith(prefix)
     )
 
 

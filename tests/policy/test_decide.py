@@ -16,16 +16,28 @@ def snapshot(tmp_path_factory):
     files = gateway_files(
         root,
         accounts={
-            "sync": {"key_sha256": key_sha256(api_key("sync")),
-                     "grants": {"protection-api": "writer"}},
-            "old": {"key_sha256": key_sha256(api_key("old")),
-                    "grants": {"protection-api": "viewer"}, "expires": "2020-01-31"},
-            "pinned": {"key_sha256": key_sha256(api_key("pinned")),
-                       "grants": {"protection-api": "viewer"}, "allow": ["198.51.100.7/32"]},
+            "sync": {
+                "key_sha256": key_sha256(api_key("sync")),
+                "grants": {"protection-api": "writer"},
+            },
+            "old": {
+                "key_sha256": key_sha256(api_key("old")),
+                "grants": {"protection-api": "viewer"},
+                "expires": "2020-01-31",
+            },
+            "pinned": {
+                "key_sha256": key_sha256(api_key("pinned")),
+                "grants": {"protection-api": "viewer"},
+                "allow": ["198.51.100.7/32"],
+            },
         },
-        allowlists={"dashboard": {"enabled": True, "entries": [
-            {"ip": "203.0.113.0/24", "description": "Office"}]},
-            "api": {"enabled": False}},
+        allowlists={
+            "dashboard": {
+                "enabled": True,
+                "entries": [{"ip": "203.0.113.0/24", "description": "Office"}],
+            },
+            "api": {"enabled": False},
+        },
     )
     result = load(files.config_file)
     assert result.snapshot is not None
@@ -68,8 +80,9 @@ class TestRoles:
 
     def test_rules_are_relative_to_the_app_prefix(self, snapshot):
         app = snapshot.apps["protection-api"]
-        verdict, role = decide.authorize(snapshot, {"protection-api": "editor"}, app, "POST",
-                                         "/api/settings/x")
+        verdict, role = decide.authorize(
+            snapshot, {"protection-api": "editor"}, app, "POST", "/api/settings/x"
+        )
         assert (verdict.allowed, role) == (False, "editor")
 
 
@@ -103,36 +116,60 @@ class TestExplain:
     """`gateway explain` walks the same steps and names what decided."""
 
     def test_allowed_user(self, snapshot):
-        out = explain(snapshot, surface="dashboard", ip="203.0.113.5", method="get",
-                      path="/reports/../settings", user="alice")
+        out = explain(
+            snapshot,
+            surface="dashboard",
+            ip="203.0.113.5",
+            method="get",
+            path="/reports/../settings",
+            user="alice",
+        )
         assert out.decision == "allow"
         assert [s for s, _ in out.steps] == [
-            "client ip", "path", "app", "allowlist", "authenticate", "authorize (admin)", "forward"
+            "client ip",
+            "path",
+            "app",
+            "allowlist",
+            "authenticate",
+            "authorize (admin)",
+            "forward",
         ]
         assert dict(out.steps)["path"] == "/reports/../settings normalised to /settings"
-        assert "allowlists.dashboard.entries[0] 203.0.113.0/24 (Office) matches" in \
-            dict(out.steps)["allowlist"]
+        assert (
+            "allowlists.dashboard.entries[0] 203.0.113.0/24 (Office) matches"
+            in dict(out.steps)["allowlist"]
+        )
 
     def test_denied_by_allowlist(self, snapshot):
-        out = explain(snapshot, surface="dashboard", ip="192.0.2.1", method="GET", path="/",
-                      user="alice")
+        out = explain(
+            snapshot, surface="dashboard", ip="192.0.2.1", method="GET", path="/", user="alice"
+        )
         assert out.decision == "deny:ip_not_allowed"
-        assert out.steps[-1] == ("allowlist",
-                                 "the client IP is in no entry of allowlists.dashboard")
+        assert out.steps[-1] == (
+            "allowlist",
+            "the client IP is in no entry of allowlists.dashboard",
+        )
 
     def test_viewer_post_forbidden(self, snapshot):
-        out = explain(snapshot, surface="dashboard", ip="203.0.113.5", method="POST",
-                      path="/x", user="bob")
+        out = explain(
+            snapshot, surface="dashboard", ip="203.0.113.5", method="POST", path="/x", user="bob"
+        )
         assert out.decision == "deny:forbidden"
-        assert out.steps[-1] == ("authorize (viewer)",
-                                 "no rule of role 'viewer' allows POST /x")
+        assert out.steps[-1] == ("authorize (viewer)", "no rule of role 'viewer' allows POST /x")
 
     def test_user_on_api_surface(self, snapshot):
-        out = explain(snapshot, surface="api", ip="127.0.0.1", method="GET", path="/api/x",
-                      user="alice")
+        out = explain(
+            snapshot, surface="api", ip="127.0.0.1", method="GET", path="/api/x", user="alice"
+        )
         assert out.decision == "deny:unauthenticated"
 
     def test_ambiguous_path(self, snapshot):
-        out = explain(snapshot, surface="api", ip="127.0.0.1", method="GET",
-                      path="/api/%2e%2e/x", account="sync")
+        out = explain(
+            snapshot,
+            surface="api",
+            ip="127.0.0.1",
+            method="GET",
+            path="/api/%2e%2e/x",
+            account="sync",
+        )
         assert out.decision == "deny:bad_request"

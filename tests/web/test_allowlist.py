@@ -35,9 +35,7 @@ async def api_status(gw, source: str | None) -> int:
 
 
 async def dashboard_status(gw, source: str | None) -> int:
-    async with client(source) as http, http.get(
-        f"{gw.url}/", allow_redirects=False
-    ) as r:
+    async with client(source) as http, http.get(f"{gw.url}/", allow_redirects=False) as r:
         return r.status
 
 
@@ -46,17 +44,22 @@ class TestSurfaceAllowlists:
 
     async def test_each_surface_its_own_list(self, tmp_path):
         async with serve(echo_app()) as backend:
-            files = gateway_files(tmp_path, dashboard_upstream=backend, api_upstream=backend,
-                                  allowlists=lists(["127.0.0.2"], ["127.0.0.3/32"]))
+            files = gateway_files(
+                tmp_path,
+                dashboard_upstream=backend,
+                api_upstream=backend,
+                allowlists=lists(["127.0.0.2"], ["127.0.0.3/32"]),
+            )
             async with running_gateway(files) as gw:
                 # dashboard: .2 allowed (then sent to sign in), .3 refused
                 assert await dashboard_status(gw, "127.0.0.2") == 302
                 assert await dashboard_status(gw, "127.0.0.3") == 403
                 # api: .3 allowed, .2 refused with problem+json
                 assert await api_status(gw, "127.0.0.3") == 200
-                async with client("127.0.0.2") as http, http.get(
-                    f"{gw.url}/api/x", headers=KEY
-                ) as r:
+                async with (
+                    client("127.0.0.2") as http,
+                    http.get(f"{gw.url}/api/x", headers=KEY) as r,
+                ):
                     assert r.status == 403
                     assert r.headers["Content-Type"] == "application/problem+json"
                     body = await r.json(content_type=None)
@@ -65,8 +68,9 @@ class TestSurfaceAllowlists:
 
     async def test_cidr_entries(self, tmp_path):
         async with serve(echo_app()) as backend:
-            files = gateway_files(tmp_path, api_upstream=backend,
-                                  allowlists=lists(None, ["127.0.0.0/30"]))
+            files = gateway_files(
+                tmp_path, api_upstream=backend, allowlists=lists(None, ["127.0.0.0/30"])
+            )
             async with running_gateway(files) as gw:
                 assert await api_status(gw, "127.0.0.2") == 200
                 assert await api_status(gw, "127.0.0.3") == 200
@@ -74,12 +78,14 @@ class TestSurfaceAllowlists:
 
     async def test_ipv6_peer(self, tmp_path):
         async with serve(echo_app()) as backend:
-            files = gateway_files(tmp_path, api_upstream=backend,
-                                  allowlists=lists(None, ["::1/128"]))
+            files = gateway_files(
+                tmp_path, api_upstream=backend, allowlists=lists(None, ["::1/128"])
+            )
             async with running_gateway(files, host="::1") as gw:
                 assert await api_status(gw, None) == 200
-            files = gateway_files(tmp_path, api_upstream=backend,
-                                  allowlists=lists(None, ["127.0.0.1"]))
+            files = gateway_files(
+                tmp_path, api_upstream=backend, allowlists=lists(None, ["127.0.0.1"])
+            )
             async with running_gateway(files, host="::1") as gw:
                 assert await api_status(gw, None) == 403
 
@@ -90,16 +96,21 @@ class TestSurfaceAllowlists:
             files = gateway_files(tmp_path, api_upstream=backend, allowlists=allow)
             async with running_gateway(files) as gw:
                 assert await api_status(gw, "127.0.0.2") == 200
-            files = gateway_files(tmp_path, api_upstream=backend,
-                                  allowlists=lists(None, ["127.0.0.9"]),
-                                  protection={"enabled": False})
+            files = gateway_files(
+                tmp_path,
+                api_upstream=backend,
+                allowlists=lists(None, ["127.0.0.9"]),
+                protection={"enabled": False},
+            )
             async with running_gateway(files) as gw:
                 assert await api_status(gw, "127.0.0.2") == 200
 
     async def test_monitor_mode_lets_through_and_audits(self, tmp_path):
         async with serve(echo_app()) as backend:
             files = gateway_files(
-                tmp_path, api_upstream=backend, allowlists=lists(None, ["127.0.0.9"]),
+                tmp_path,
+                api_upstream=backend,
+                allowlists=lists(None, ["127.0.0.9"]),
                 protection={"enabled": True, "mode": {"dashboard": "enforce", "api": "monitor"}},
             )
             async with running_gateway(files) as gw:
@@ -123,7 +134,7 @@ class TestSurfaceAllowlists:
 
 
 class TestForwardedHeaders:
-    """Client-supplied address headers never choose the client IP unless a trusted proxy sent them."""
+    """Client-supplied address headers choose the client IP only when a trusted proxy sent them."""
 
     @pytest.mark.parametrize(
         "headers",
@@ -138,16 +149,19 @@ class TestForwardedHeaders:
     async def test_spoofing_from_untrusted_peer_is_ignored(self, tmp_path, headers):
         files = gateway_files(tmp_path, allowlists=lists(None, ["127.0.0.9"]))
         async with running_gateway(files) as gw:
-            request = (b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
-                       b"Authorization: Bearer " + api_key("sync").encode() + b"\r\n" + headers
-                       + b"\r\n")
+            request = (
+                b"GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                b"Authorization: Bearer " + api_key("sync").encode() + b"\r\n" + headers + b"\r\n"
+            )
             response = await raw_request("127.0.0.1", gw.port, request)
             assert response.startswith(b"HTTP/1.1 403"), response[:200]
 
     async def test_trusted_proxy_right_most_untrusted(self, tmp_path):
         async with serve(echo_app()) as backend:
             files = gateway_files(
-                tmp_path, api_upstream=backend, allowlists=lists(None, ["198.51.100.7"]),
+                tmp_path,
+                api_upstream=backend,
+                allowlists=lists(None, ["198.51.100.7"]),
                 extra_config={"trusted_proxies": ["127.0.0.1/32", "10.0.0.0/8"]},
             )
             async with running_gateway(files) as gw, client() as http:

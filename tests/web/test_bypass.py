@@ -95,16 +95,21 @@ async def setup(tmp_path):
             tmp_path,
             dashboard_upstream=backend,
             api_upstream=backend,
-            accounts={"limited": {"key_sha256": key_sha256(KEY),
-                                  "grants": {"protection-api": "limited"}}},
+            accounts={
+                "limited": {"key_sha256": key_sha256(KEY), "grants": {"protection-api": "limited"}}
+            },
             apps={
-                "console": {"surface": "dashboard", "match": {"path": "/"},
-                            "upstream": backend},
-                "protection-api": {"surface": "api", "match": {"path": "/api/"},
-                                   "upstream": backend},
-                "internal": {"surface": "api",
-                             "match": {"host": "internal.example.com", "path": "/"},
-                             "upstream": backend},
+                "console": {"surface": "dashboard", "match": {"path": "/"}, "upstream": backend},
+                "protection-api": {
+                    "surface": "api",
+                    "match": {"path": "/api/"},
+                    "upstream": backend,
+                },
+                "internal": {
+                    "surface": "api",
+                    "match": {"host": "internal.example.com", "path": "/"},
+                    "upstream": backend,
+                },
             },
         )
         files.policies["people"]["roles"].update(ROLES_EXTRA)
@@ -178,9 +183,11 @@ class TestHostBypass:
 
     async def test_identity_headers_never_reach_backend(self, setup):
         gw, _seen = setup
-        extra = (b"X-Gateway-User: root\r\nx-gateway-role: admin\r\nX_Gateway_User: root\r\n"
-                 b"X-GATEWAY-AUTH: password+totp\r\nX-Real-IP: 10.0.0.1\r\n"
-                 b"Connection: X-Gateway-User\r\n")
+        extra = (
+            b"X-Gateway-User: root\r\nx-gateway-role: admin\r\nX_Gateway_User: root\r\n"
+            b"X-GATEWAY-AUTH: password+totp\r\nX-Real-IP: 10.0.0.1\r\n"
+            b"Connection: X-Gateway-User\r\n"
+        )
         response = await raw_request(gw.host, gw.port, _request("/api/public/x", extra=extra))
         assert _status(response) == 200
         received = gw.backend_headers[-1]

@@ -1,4 +1,4 @@
-"""Forwarding: streamed bodies with bounded memory, WebSocket, hop-by-hop headers, upstream errors."""
+"""Forwarding: streamed bodies in bounded memory, WebSocket, hop-by-hop headers, upstream errors."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class TestStreaming:
                 async for part in _body(GIB):
                     expected.update(part)
                 async with http.post(
-                    f"{url}/api/upload", headers={**KEY, "Content-Length": str(GIB)},
+                    f"{url}/api/upload",
+                    headers={**KEY, "Content-Length": str(GIB)},
                     data=_body(GIB),
                 ) as r:
                     assert r.status == 200
@@ -68,9 +69,11 @@ class TestStreaming:
     async def test_chunked_upload_without_length(self, tmp_path):
         async with serve(echo_app()) as backend:
             files = gateway_files(tmp_path, api_upstream=backend)
-            async with running_gateway(files) as gw, client() as http, http.post(
-                f"{gw.url}/api/up", headers=KEY, data=_body(5_000_000, 65536)
-            ) as r:
+            async with (
+                running_gateway(files) as gw,
+                client() as http,
+                http.post(f"{gw.url}/api/up", headers=KEY, data=_body(5_000_000, 65536)) as r,
+            ):
                 assert r.status == 200
                 assert (await r.json())["received"] == 5_000_000
 
@@ -81,9 +84,11 @@ class TestWebSocket:
     async def test_echo_through_gateway(self, tmp_path):
         async with serve(echo_app()) as backend:
             files = gateway_files(tmp_path, api_upstream=backend)
-            async with running_gateway(files) as gw, client() as http, http.ws_connect(
-                f"{gw.url}/api/ws", headers=KEY, protocols=("echo",)
-            ) as ws:
+            async with (
+                running_gateway(files) as gw,
+                client() as http,
+                http.ws_connect(f"{gw.url}/api/ws", headers=KEY, protocols=("echo",)) as ws,
+            ):
                 assert ws.protocol == "echo"
                 await ws.send_str("hello")
                 assert (await ws.receive_str(timeout=5)) == "echo:hello"
@@ -106,9 +111,15 @@ class TestHeaders:
         async with serve(echo_app()) as backend:
             files = gateway_files(tmp_path, api_upstream=backend)
             async with running_gateway(files) as gw, client() as http:
-                headers = {**KEY, "Connection": "keep-alive, X-Custom-Hop", "X-Custom-Hop": "1",
-                           "Keep-Alive": "timeout=5", "X-End-To-End": "kept",
-                           "Accept-Encoding": "br", "TE": "trailers"}
+                headers = {
+                    **KEY,
+                    "Connection": "keep-alive, X-Custom-Hop",
+                    "X-Custom-Hop": "1",
+                    "Keep-Alive": "timeout=5",
+                    "X-End-To-End": "kept",
+                    "Accept-Encoding": "br",
+                    "TE": "trailers",
+                }
                 async with http.get(f"{gw.url}/api/h?x=1", headers=headers) as r:
                     seen = {k.lower(): v for k, v in (await r.json())["headers"]}
                     request_id = r.headers["X-Gateway-Request-Id"]
@@ -128,8 +139,10 @@ class TestHeaders:
         async with serve(echo_app()) as backend:
             files = gateway_files(tmp_path, api_upstream=backend)
             async with running_gateway(files) as gw:
-                raw = (b"GET /api/q?a=%2F..%2F&b=c%20d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                       b"Authorization: Bearer " + api_key("sync").encode() + b"\r\n\r\n")
+                raw = (
+                    b"GET /api/q?a=%2F..%2F&b=c%20d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    b"Authorization: Bearer " + api_key("sync").encode() + b"\r\n\r\n"
+                )
                 response = await raw_request(gw.host, gw.port, raw)
                 assert b'"query": "a=%2F..%2F&b=c%20d"' in response
 
