@@ -94,6 +94,10 @@ async def change_password(
     rules = user.password_rules
     history = await store.password_history(user.name, rules.history) if rules.history else []
     current = await password_hash_in_force(store, user)
+    if current != user.password_hash and len(history) < rules.history:
+        # The store's history holds only passwords set at run time; the users.yaml one was in
+        # force before them and is one of the last N as well.
+        history.append(user.password_hash)
     violations = await asyncio.to_thread(
         passwords.check_new_password,
         rules,
