@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", type=int, default=20)
     tail.add_argument("-f", "--follow", action="store_true")
 
+    keys = sub.add_parser("keys", parents=[common], help="the identity assertion's signing keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keys_sub.add_parser("list", parents=[common], help="the keys and their state")
+    rotate = keys_sub.add_parser("rotate", parents=[common], help="start signing with a new key")
+    rotate.add_argument(
+        "--immediately",
+        action="store_true",
+        help="switch now instead of after the grace period (suspected key compromise)",
+    )
+
     demo = sub.add_parser("demo", parents=[common], help="gateway + demo dashboard and API")
     demo.add_argument("--port", type=int, default=8080)
     return p
@@ -275,6 +285,32 @@ def _audit_path(config: Path) -> Path | None:
     return result.snapshot.paths.audit_file if result and result.snapshot else None
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.services import signing
+    from gateway.services.secret_key import load_secret_key
+
+    async def job(snapshot, store, audit) -> int:  # type: ignore[no-untyped-def]
+        now = time.time()
+        if args.action == "rotate":
+            key = load_secret_key(snapshot.paths.secret_key_file)
+            grace = 0.0 if args.immediately else signing.ROTATION_GRACE
+            signer = await signing.rotate(store, key, now, grace=grace)
+            audit.record("signing_key.rotated", flush=True, kid=signer.kid, grace_s=grace)
+            print(f"new key published; every worker signs with it within {grace + 30:.0f} s")
+        records = await store.signing_keys()
+        if not records:
+            print("no signing keys yet: the gateway creates one at its first start")
+        for record in records:
+            state = "active" if record.retired_at is None or record.retired_at > now else "retired"
+            print(
+                f"{record.kid}  {record.algorithm}  created "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(record.created_at))}  {state}"
+            )
+        return EXIT_OK
+
+    return _with_store(args, job)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo.run import run_demo
 
@@ -289,6 +325,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "apikey": cmd_apikey,
     "user": cmd_user,
     "audit": cmd_audit,
+    "keys": cmd_keys,
     "demo": cmd_demo,
 }
 

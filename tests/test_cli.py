@@ -182,3 +182,21 @@ class TestAuditVerify:
         out = gateway("audit", "tail", "--config", str(files.config_file), "-n", "3")
         lines = [json.loads(x) for x in out.stdout.splitlines()]
         assert len(lines) == 3 and all("hash" in x for x in lines)
+
+
+class TestKeys:
+    """`gateway keys rotate` publishes a new signing key and retires the old one."""
+
+    def test_rotate_immediately(self, tmp_path):
+        files = gateway_files(tmp_path)
+        config = str(files.config_file)
+        first = gateway("keys", "list", "--config", config)
+        assert first.returncode == 0, first.stderr
+        assert "no signing keys yet" in first.stdout
+        assert gateway("keys", "rotate", "--config", config).returncode == 0
+        out = gateway("keys", "rotate", "--immediately", "--config", config)
+        assert out.returncode == 0, out.stderr
+        lines = [line for line in out.stdout.splitlines() if "EdDSA" in line]
+        assert len(lines) == 2
+        assert sorted(line.rsplit(" ", 1)[1] for line in lines) == ["active", "retired"]
+        assert "signing_key.rotated" in files.audit_file.read_text()
