@@ -123,7 +123,10 @@ class AppSpec(Model):
 
 
 class Sessions(Model):
-    store: str = "state"
+    # Sessions live in the state store (SQLite, or PostgreSQL shared by several instances).
+    # A Redis session store is part of the contract but not built yet: refusing it beats
+    # silently keeping sessions somewhere the operator did not ask for.
+    store: Literal["state"] = "state"
     idle_timeout: Duration = 1800.0
     max_age: Duration = 43200.0
     cookie_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "gateway_session"
