@@ -101,6 +101,13 @@ async def advance(request: web.Request, session: Session, user: User) -> web.Str
         # Only a complete sign-in clears the user's failure count: clearing it after the
         # password would let whoever knows the password guess codes without ever being banned.
         await accounts.unlock(services.store, user.name)
+        if not session.new:
+            # The sign-in finishes on a session loaded from a cookie (code prompt, enrollment,
+            # forced password change): move it to a new id, so an id planted or seen before
+            # this point is not the one that gets signed in.
+            data = dict(session)
+            session = await fresh_session(request)
+            session.update(data)
         session["stage"] = "done"
         session.setdefault("auth", "password")
         ctx.principal, ctx.auth = user.name, session["auth"]
