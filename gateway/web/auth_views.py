@@ -331,14 +331,21 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     current = str(form.get("current_password", ""))
     new = str(form.get("new_password", ""))
     confirm = str(form.get("new_password_confirm", ""))
+    now = time.time()
+    keys = accounts.subjects(user.name, ctx.client_ip)
+    if await accounts.banned_until(services.store, keys, now) is not None:
+        audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts",
+              page="password")
+        return render(["Too many failed attempts. Try again later."], status=429)
     if not await accounts.check_password(services.store, user, current):
-        now = time.time()
-        keys = accounts.subjects(user.name, ctx.client_ip)
-        await accounts.register_failure(
+        banned = await accounts.register_failure(
             services.store, ctx.snapshot.policy.login_regulation, keys, now
         )
         audit(request, "login.failure", principal=user.name, decision="deny:unauthenticated",
               reason="wrong current password on the password page")
+        if banned:
+            audit(request, "login.banned", principal=user.name,
+                  decision="deny:too_many_attempts", page="password")
         return render(["Your current password is not correct."], status=400)
     if new != confirm:
         return render(["The two new passwords are not the same."], status=400)
@@ -368,15 +375,28 @@ async def account(request: web.Request) -> web.StreamResponse:
         action = str(form.get("action", ""))
         code = str(form.get("code", ""))[:64]
         if action in ("regenerate_codes", "disable_2fa", "reenroll_2fa"):
+            keys = accounts.subjects(user.name, ctx.client_ip)
             if action == "disable_2fa" and user.requires_2fa:
                 error = "Your organisation requires two-factor authentication; it cannot be off."
+            elif await accounts.banned_until(services.store, keys, time.time()) is not None:
+                audit(request, "login.banned", principal=user.name,
+                      decision="deny:too_many_attempts", page="account")
+                error = "Too many failed attempts. Try again later."
             else:
                 result = await accounts.verify_second_factor(
                     services.store, _sealer(request), user.name, code, time.time()
                 )
                 if not result.ok:
+                    # Wrong codes count here as on the code prompt, or a stolen session could
+                    # guess its way to replacing the authenticator.
+                    banned = await accounts.register_failure(
+                        services.store, ctx.snapshot.policy.login_regulation, keys, time.time()
+                    )
                     audit(request, "totp.failure", principal=user.name,
                           decision="deny:unauthenticated", page="account")
+                    if banned:
+                        audit(request, "login.banned", principal=user.name,
+                              decision="deny:too_many_attempts", page="account")
                     error = "That code is not valid. Enter a current code from your app."
                 elif action == "regenerate_codes":
                     codes = await accounts.new_recovery_codes(services.store, user.name,
