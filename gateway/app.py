@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp_session import session_middleware
 
 from gateway.policy.snapshot import Snapshot
-from gateway.policy.source import LoadResult, PolicyHolder, watch
+from gateway.policy.source import LoadResult, PolicyHolder, poll, watch
 from gateway.services.audit import AuditLog
 from gateway.services.metrics import Metrics
 from gateway.services.readiness import two_factor_warning
@@ -105,6 +105,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
         ]
         if watch_files:
             tasks.append(asyncio.create_task(watch(holder)))
+            tasks.append(asyncio.create_task(poll(holder)))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(holder.reload()))

@@ -37,7 +37,7 @@ class TestWorkers:
                         },
                     },
                 )
-                deadline = time.monotonic() + 15
+                deadline = time.monotonic() + 30
                 statuses: list[int] = []
                 while time.monotonic() < deadline:
                     statuses = []

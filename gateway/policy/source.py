@@ -185,3 +185,30 @@ async def watch(holder: PolicyHolder, debounce_ms: int = 200) -> None:
             if {str(p) for p in holder.watched_folders()} != set(folders):
                 stop.set()  # the policies folder moved: watch the new one
                 break
+
+
+def files_signature(paths: Paths) -> tuple[tuple[str, int, int, int], ...]:
+    """What stat says about the config file and every policy file (symlinks followed)."""
+    out = []
+    for path in [paths.config_file, *policy_files(paths.policies_dir)]:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+async def poll(holder: PolicyHolder, interval: float = 2.0) -> None:
+    """A safety net under the file watcher: reload when stat sees a change it missed.
+
+    inotify misses changes on network filesystems and the symlink swaps Kubernetes uses to
+    update a mounted ConfigMap; a stat of a handful of files every two seconds costs nothing.
+    """
+    last = await asyncio.to_thread(files_signature, holder.current.paths)
+    while True:
+        await asyncio.sleep(interval)
+        current = await asyncio.to_thread(files_signature, holder.current.paths)
+        if current != last:
+            last = current
+            await holder.reload()

@@ -9,6 +9,8 @@ import os
 import signal
 import time
 
+import yaml
+
 from tests.factories import (
     api_key,
     client,
@@ -173,4 +175,37 @@ class TestSighup:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.1)
                 async with http.get(f"{url}/api/x", headers=KEY) as r:
+                    assert r.status == 403
+
+
+class TestSymlinkSwap:
+    """A Kubernetes-style ConfigMap update (a symlink swapped to a new folder) is picked up."""
+
+    async def test_symlinked_policy_folder_swap(self, tmp_path):
+        files = gateway_files(tmp_path)
+        policies = tmp_path / "policies"
+        first = tmp_path / "..data_1"
+        policies.rename(first)
+        data = tmp_path / "..data"
+        data.symlink_to(first.name)
+        policies.mkdir()
+        for name in ("access", "people", "security"):
+            (policies / f"{name}.yaml").symlink_to(f"../..data/{name}.yaml")
+        async with serve(echo_app()) as backend:
+            files.config["apps"]["protection-api"]["upstream"] = backend
+            files.config_file.write_text(yaml.safe_dump(files.config))
+            async with running_gateway(files) as gw, client() as http:
+                async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
+                    assert r.status == 200
+                second = tmp_path / "..data_2"
+                second.mkdir()
+                for name in ("people", "security"):
+                    (second / f"{name}.yaml").write_text((first / f"{name}.yaml").read_text())
+                (second / "access.yaml").write_text(yaml.safe_dump(allowlist(True, "192.0.2.1")))
+                generation = gw.holder.current.generation
+                tmp_link = tmp_path / "..data_tmp"
+                tmp_link.symlink_to(second.name)
+                tmp_link.replace(data)  # atomic swap, as the kubelet does
+                await wait_generation(gw, generation)
+                async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
                     assert r.status == 403
