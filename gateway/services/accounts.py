@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gateway.policy.schema import LoginRegulation
 from gateway.policy.snapshot import User
 from gateway.services import passwords, totp
-from gateway.services.secret_key import SealError, Sealer
+from gateway.services.secret_key import Sealer, SealError
 from gateway.services.store import StateStore
 
 

@@ -29,7 +29,7 @@ from gateway.web.resources import SERVICES, Services
 from gateway.web.sessions import current_login, fresh_session, login_state, password_version
 
 SEALER_PURPOSE = "totp-secrets"
-PENDING_SECRET = "pending_totp"
+PENDING_SECRET = "pending_totp"  # noqa: S105 - a session key name, not a secret
 
 
 def _services(request: web.Request) -> Services:

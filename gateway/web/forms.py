@@ -61,7 +61,8 @@ def enroll(action: str, csrf: str, *, qr_svg: str, secret: str, uri: str, issuer
 <li>Open an authenticator app (Google Authenticator, Authy, 1Password, ...) and scan this code.
 <div class="qr">{qr_svg}</div></li>
 <li>Can't scan? Enter this key by hand:
-<p class="secret" id="secret" data-totp-secret="{escape(secret)}"><strong>{escape(grouped)}</strong></p>
+<p class="secret" id="secret" data-totp-secret="{escape(secret)}">
+<strong>{escape(grouped)}</strong></p>
 <p class="muted">The app will show it as <strong>{escape(issuer)}</strong> ({escape(account)}).
 On your phone you can also <a href="{escape(uri)}">open it in your authenticator app</a>.</p></li>
 <li>Enter the 6-digit code the app shows to confirm.</li>
