@@ -518,18 +518,24 @@ class TestSessionFixation:
             assert_login_redirect(await fetch(replay, "GET", f"{gw.url}/one"))
 
     async def test_half_way_session_is_replaced(self, tmp_path):
-        """With 2FA due, the password step creates a session; finishing sign-in replaces it."""
+        """With 2FA due, the password step creates a session; signing in again replaces it."""
         files = gateway_files(
             tmp_path, users=quick_users(), security={"two_factor": {"enforce": "all"}}
         )
+        enroll = f"{PREFIX}/2fa/enroll"
         async with running_gateway(files, watch_files=False) as gw, client() as http:
             reply = await sign_in(http, gw)
-            assert reply.location == f"{PREFIX}/2fa/enroll"
+            assert reply.location == enroll
             before = reply.cookie_value(SESSION_COOKIE)
             assert before
+            assert (await fetch(http, "GET", f"{gw.url}{enroll}")).status == 200
             reply = await sign_in(http, gw)  # start again from the login page
             after = reply.cookie_value(SESSION_COOKIE)
             assert after and after != before
+            assert (await fetch(http, "GET", f"{gw.url}{enroll}")).status == 200
+            async with client() as replay:
+                replay.cookie_jar.update_cookies({SESSION_COOKIE: before})
+                assert_login_redirect(await fetch(replay, "GET", f"{gw.url}{enroll}"))
 
 
 class TestLogout:
