@@ -133,6 +133,10 @@ async def enrolled(store: StateStore, user: str) -> bool:
     return await store.totp_get(user) is not None
 
 
+class AlreadyEnrolled(Exception):
+    """The user enrolled an authenticator (in another session) while this one was pending."""
+
+
 async def enroll(
     store: StateStore, sealer: Sealer, user: str, secret: str, code: str, now: float
 ) -> list[str] | None:
@@ -140,7 +144,8 @@ async def enroll(
     step = totp.matching_step(secret, code, now)
     if step is None:
         return None
-    await store.totp_set(user, sealer.seal(secret.encode(), user.encode()), now)
+    if not await store.totp_enroll(user, sealer.seal(secret.encode(), user.encode()), now):
+        raise AlreadyEnrolled(user)  # another session enrolled first: never replace it
     await store.totp_claim_step(user, step)  # the confirming code cannot sign in again
     return await new_recovery_codes(store, user, now)
 

@@ -269,9 +269,13 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     if request.method in ("GET", "HEAD"):
         return render()
     form = await request.post()
-    codes = await accounts.enroll(
-        services.store, sealer, user.name, secret, str(form.get("code", ""))[:64], time.time()
-    )
+    try:
+        codes = await accounts.enroll(
+            services.store, sealer, user.name, secret, str(form.get("code", ""))[:64],
+            time.time(),
+        )
+    except accounts.AlreadyEnrolled:
+        return await advance(request, session, user)
     if codes is None:
         return render("That code does not match. Check the time on your phone and try again.",
                       401)

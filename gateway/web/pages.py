@@ -80,15 +80,33 @@ class Pages:
                     request, ctx, decide.deny(decide.FORBIDDEN, "missing or invalid CSRF token")
                 )
         ctx.decision = ctx.decision or decide.allow(f"gateway page {name or '/'}")
-        response = await page.handler(request)
-        if page.access == "dashboard":
-            request.app[SERVICES].csrf.finish(request, response)
-            response.headers.setdefault("Cache-Control", "no-store")
-            response.headers.setdefault("X-Frame-Options", "DENY")
-            response.headers.setdefault(
-                "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            )
-            response.headers.setdefault("Referrer-Policy", "same-origin")
+        if page.access != "dashboard":
+            return await page.handler(request)
+        try:
+            response = await page.handler(request)
+        except web.HTTPException as redirect:  # views redirect by raising: same headers
+            _harden(request, redirect)
+            raise
+        _harden(request, response)
         return response
+
+
+def _harden(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every page of the sign-in flow carries, redirects included."""
+    from gateway.web.resources import SERVICES
+
+    request.app[SERVICES].csrf.finish(request, response)
+    for name, value in PAGE_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}

@@ -74,17 +74,23 @@ class StoreSessionStorage(AbstractStorage):
                 await self._store.session_delete(session_hash(session.identity))
             response.del_cookie(settings.cookie_name, path="/")
             return
+        now = time.time()
         if session.identity is None:
             session.set_new_identity(secrets.token_urlsafe(32))
-        now = time.time()
-        await self._store.session_put(
-            session_hash(session.identity),
-            session.get("user"),
-            dict(session),
-            float(session.created),
-            now,
-            float(session.created) + settings.max_age,
-        )
+            await self._store.session_put(
+                session_hash(session.identity),
+                session.get("user"),
+                dict(session),
+                float(session.created),
+                now,
+                float(session.created) + settings.max_age,
+            )
+        elif not await self._store.session_update(
+            session_hash(session.identity), session.get("user"), dict(session), now
+        ):
+            # Revoked or signed out while this request ran: it stays revoked.
+            response.del_cookie(settings.cookie_name, path="/")
+            return
         response.set_cookie(
             settings.cookie_name,
             session.identity,
@@ -104,10 +110,8 @@ class StoreSessionStorage(AbstractStorage):
         """Record activity; at most once a minute, and often enough for a short idle_timeout."""
         now = time.time()
         if now - record.last_seen >= min(TOUCH_EVERY, idle_timeout / 10):
-            await self._store.session_put(
-                record.sid_hash, record.user, record.data, record.created_at, now,
-                record.expires_at,
-            )
+            # Update-only: a revoked session is never recreated by a request in flight.
+            await self._store.session_update(record.sid_hash, record.user, record.data, now)
 
 
 async def fresh_session(request: web.Request) -> Session:

@@ -124,6 +124,16 @@ class TestSessions:
         record = await store.session_get("old")
         assert record is not None and record.expires_at < T0 + 100
 
+    async def test_update_changes_only_existing_sessions(self, store: StateStore) -> None:
+        await store.session_put("s1", "alice", {"a": 1}, T0, T0, T0 + 60)
+        assert await store.session_update("s1", "alice", {"a": 2}, T0 + 5)
+        assert await store.session_get("s1") == SessionRecord(
+            "s1", "alice", {"a": 2}, T0, T0 + 5, T0 + 60
+        )
+        await store.session_delete("s1")
+        assert not await store.session_update("s1", "alice", {"a": 3}, T0 + 9)
+        assert await store.session_get("s1") is None  # a revoked session stays revoked
+
     async def test_delete(self, store: StateStore) -> None:
         await store.session_put("s1", "alice", {}, T0, T0, T0 + 60)
         await store.session_delete("s1")
@@ -270,6 +280,13 @@ class TestTotp:
         assert await store.totp_claim_step("alice", 100)
         await store.totp_set("alice", b"\x02new", T0 + 5)
         assert await store.totp_get("alice") == TotpRecord("alice", b"\x02new", T0 + 5, -1)
+
+    async def test_enroll_is_insert_only(self, store: StateStore) -> None:
+        assert await store.totp_enroll("alice", b"first", T0)
+        assert not await store.totp_enroll("alice", b"second", T0 + 1)
+        assert await store.totp_get("alice") == TotpRecord("alice", b"first", T0, -1)
+        await store.totp_delete("alice")
+        assert await store.totp_enroll("alice", b"third", T0 + 2)
 
     async def test_claim_step_accepts_only_newer_steps(self, store: StateStore) -> None:
         await store.totp_set("alice", b"s", T0)

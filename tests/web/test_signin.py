@@ -405,6 +405,15 @@ class TestWrongCredentials:
 class TestSuccessfulSignIn:
     """A correct password sends the user to `next` and the backend sees who they are."""
 
+    async def test_sign_in_redirect_is_not_cacheable(self, gw):
+        async with client() as http:
+            reply = await sign_in(http, gw)
+        assert reply.status == 302
+        assert reply.set_cookie("gateway_session") is not None
+        assert reply.headers["Cache-Control"] == "no-store"
+        assert reply.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in reply.headers["Content-Security-Policy"]
+
     async def test_redirect_to_next_and_identity_reaches_backend(self, gw, backend):
         async with client() as http:
             reply = await sign_in(http, gw, next_="/reports/q1?year=2024")

@@ -143,6 +143,15 @@ class StateStore(Protocol):
     ) -> None:
         """Create or replace the session; `data` must be JSON-serialisable."""
 
+    async def session_update(
+        self, sid_hash: str, user: str | None, data: dict[str, Any], last_seen: float
+    ) -> bool:
+        """Change an existing session only; False when it is gone (revoked, logged out).
+
+        Never recreates a row: a request still in flight when the session was revoked must
+        not bring it back.
+        """
+
     async def session_delete(self, sid_hash: str) -> None:
         """Forget the session; unknown ids are ignored."""
 
@@ -201,6 +210,10 @@ class StateStore(Protocol):
 
     async def totp_set(self, user: str, sealed_secret: bytes, enrolled_at: float) -> None:
         """Enrol (or re-enrol) the user; resets `last_step` to -1."""
+
+    async def totp_enroll(self, user: str, sealed_secret: bytes, enrolled_at: float) -> bool:
+        """Enrol only if the user has no enrolment; False when one exists (a concurrent
+        enrollment won). `last_step` starts at -1."""
 
     async def totp_delete(self, user: str) -> None:
         """Remove the enrolment and the user's recovery codes."""

@@ -62,6 +62,8 @@ VALUES ($1, $2, $3::jsonb, $4, $5, $6)
 ON CONFLICT (sid_hash) DO UPDATE SET
     username = excluded.username, data = excluded.data, created_at = excluded.created_at,
     last_seen = excluded.last_seen, expires_at = excluded.expires_at"""
+SESSION_UPDATE = """
+UPDATE sessions SET username = $2, data = $3::jsonb, last_seen = $4 WHERE sid_hash = $1"""
 SESSION_DELETE = "DELETE FROM sessions WHERE sid_hash = $1"
 SESSIONS_REVOKE_USER = "DELETE FROM sessions WHERE username = $1"
 SESSIONS_PURGE_EXPIRED = "DELETE FROM sessions WHERE expires_at <= $1"
@@ -106,6 +108,9 @@ TOTP_SET = """
 INSERT INTO totp (username, sealed_secret, enrolled_at, last_step) VALUES ($1, $2, $3, -1)
 ON CONFLICT (username) DO UPDATE SET
     sealed_secret = excluded.sealed_secret, enrolled_at = excluded.enrolled_at, last_step = -1"""
+TOTP_ENROLL = """
+INSERT INTO totp (username, sealed_secret, enrolled_at, last_step) VALUES ($1, $2, $3, -1)
+ON CONFLICT (username) DO NOTHING"""
 TOTP_DELETE = "DELETE FROM totp WHERE username = $1"
 TOTP_CLAIM_STEP = """
 UPDATE totp SET last_step = $2 WHERE username = $1 AND last_step < $2 RETURNING last_step"""
@@ -311,6 +316,14 @@ class PostgresStore:
             expires_at,
         )
 
+    async def session_update(
+        self, sid_hash: str, user: str | None, data: dict[str, Any], last_seen: float
+    ) -> bool:
+        count = await self._run(
+            "session_update", SESSION_UPDATE, sid_hash, user, _dump_json(data), last_seen
+        )
+        return count == 1
+
     async def session_delete(self, sid_hash: str) -> None:
         await self._run("session_delete", SESSION_DELETE, sid_hash)
 
@@ -400,6 +413,9 @@ class PostgresStore:
 
     async def totp_set(self, user: str, sealed_secret: bytes, enrolled_at: float) -> None:
         await self._run("totp_set", TOTP_SET, user, sealed_secret, enrolled_at)
+
+    async def totp_enroll(self, user: str, sealed_secret: bytes, enrolled_at: float) -> bool:
+        return await self._run("totp_enroll", TOTP_ENROLL, user, sealed_secret, enrolled_at) == 1
 
     async def totp_delete(self, user: str) -> None:
         async with self._write("totp_delete") as conn:

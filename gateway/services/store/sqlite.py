@@ -92,6 +92,7 @@ VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (sid_hash) DO UPDATE SET
     username = excluded.username, data = excluded.data, created_at = excluded.created_at,
     last_seen = excluded.last_seen, expires_at = excluded.expires_at"""
+SESSION_UPDATE = "UPDATE sessions SET username = ?, data = ?, last_seen = ? WHERE sid_hash = ?"
 SESSION_DELETE = "DELETE FROM sessions WHERE sid_hash = ?"
 SESSIONS_REVOKE_USER = "DELETE FROM sessions WHERE username = ?"
 SESSIONS_PURGE_EXPIRED = "DELETE FROM sessions WHERE expires_at <= ?"
@@ -135,6 +136,9 @@ TOTP_SET = """
 INSERT INTO totp (username, sealed_secret, enrolled_at, last_step) VALUES (?, ?, ?, -1)
 ON CONFLICT (username) DO UPDATE SET
     sealed_secret = excluded.sealed_secret, enrolled_at = excluded.enrolled_at, last_step = -1"""
+TOTP_ENROLL = """
+INSERT INTO totp (username, sealed_secret, enrolled_at, last_step) VALUES (?, ?, ?, -1)
+ON CONFLICT (username) DO NOTHING"""
 TOTP_DELETE = "DELETE FROM totp WHERE username = ?"
 TOTP_CLAIM_STEP = "UPDATE totp SET last_step = ? WHERE username = ? AND last_step < ?"
 RECOVERY_CODES_DELETE = "DELETE FROM recovery_codes WHERE username = ?"
@@ -330,6 +334,12 @@ class SqliteStore:
         params = (sid_hash, user, _dump_json(data), created_at, last_seen, expires_at)
         await self._run("session_put", SESSION_PUT, params)
 
+    async def session_update(
+        self, sid_hash: str, user: str | None, data: dict[str, Any], last_seen: float
+    ) -> bool:
+        params = (user, _dump_json(data), last_seen, sid_hash)
+        return await self._run("session_update", SESSION_UPDATE, params) == 1
+
     async def session_delete(self, sid_hash: str) -> None:
         await self._run("session_delete", SESSION_DELETE, (sid_hash,))
 
@@ -412,6 +422,9 @@ class SqliteStore:
 
     async def totp_set(self, user: str, sealed_secret: bytes, enrolled_at: float) -> None:
         await self._run("totp_set", TOTP_SET, (user, sealed_secret, enrolled_at))
+
+    async def totp_enroll(self, user: str, sealed_secret: bytes, enrolled_at: float) -> bool:
+        return await self._run("totp_enroll", TOTP_ENROLL, (user, sealed_secret, enrolled_at)) == 1
 
     async def totp_delete(self, user: str) -> None:
         async with self._write("totp_delete") as conn:
