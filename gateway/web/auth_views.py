@@ -228,12 +228,23 @@ async def verify(request: web.Request) -> web.StreamResponse:
         return _html(forms.verify(action, services.csrf.field(request), error,
                                   logout=_logout_footer(request, ctx)), 401)
     session["auth"] = "password+totp"
-    if result.method == "recovery_code":
-        audit(request, "totp.recovery_code_used", principal=user.name, decision="allow",
-              remaining=result.recovery_codes_left)
-        session["notice"] = (f"You used a recovery code. {result.recovery_codes_left} remain; "
-                             "generate new ones on your account page.")
-    return await advance(request, session, user)
+    if result.method != "recovery_code":
+        return await advance(request, session, user)
+    audit(request, "totp.recovery_code_used", principal=user.name, decision="allow",
+          remaining=result.recovery_codes_left)
+    try:
+        return await advance(request, session, user)
+    except web.HTTPFound as done:
+        # Tell the person before they go on: each code works once, and they may be running out.
+        left = result.recovery_codes_left or 0
+        account = escape(_url(ctx, "account"))
+        body = (f"<h1>Signed in with a recovery code</h1>"
+                f'<div class="notice" role="status">That code is now used up. '
+                f"You have <strong>{left}</strong> recovery code{'s' if left != 1 else ''} "
+                f"left.</div><p>If you lost your phone, <a href=\"{account}\">set up a new "
+                f"one and get new recovery codes</a> on your account page.</p>"
+                f'<p><a href="{escape(done.location)}">Continue</a></p>')
+        return _html(page("Signed in with a recovery code", body))
 
 
 async def enroll(request: web.Request) -> web.StreamResponse:

@@ -321,7 +321,10 @@ class TestCodePrompt:
                 assert not (await fetch(http, "GET", f"{gw.url}/")).is_echo
                 # a recovery code works instead (any case, spaces instead of the dash)
                 reply = await submit_code(http, gw, recovery[0].upper().replace("-", " "))
-                assert (reply.status, reply.location) == (302, "/")
+                # signed in, and told how many codes remain before going on
+                assert reply.status == 200
+                assert "You have <strong>9</strong> recovery codes left" in reply.text
+                assert 'href="/">Continue</a>' in reply.text
                 seen = (await fetch(http, "GET", f"{gw.url}/")).backend_headers()
                 assert seen["x-gateway-auth"] == "password+totp"
                 account = await fetch(http, "GET", f"{gw.url}{PREFIX}/account")
@@ -331,7 +334,8 @@ class TestCodePrompt:
                 reply = await submit_code(http, gw, recovery[0])
                 assert reply.status == 401
                 reply = await submit_code(http, gw, recovery[1])
-                assert reply.status == 302
+                assert reply.status == 200
+                assert "<strong>8</strong> recovery codes left" in reply.text
         failures = await wait_for_audit(gw.files, "totp.failure", 3, principal="alice")
         assert len(failures) == 3
         assert any(f.get("replayed") for f in failures)
