@@ -111,8 +111,14 @@ async def advance(request: web.Request, session: Session, user: User) -> web.Str
         session["stage"] = "done"
         session.setdefault("auth", "password")
         ctx.principal, ctx.auth = user.name, session["auth"]
-        audit(request, "login.success", principal=user.name, auth=session["auth"],
-              decision="allow", user_agent=request.headers.get("User-Agent", "")[:256])
+        audit(
+            request,
+            "login.success",
+            principal=user.name,
+            auth=session["auth"],
+            decision="allow",
+            user_agent=request.headers.get("User-Agent", "")[:256],
+        )
         services.metrics.logins.labels("success").inc()
     raise web.HTTPFound(session.pop("next", None) or "/")
 
@@ -148,25 +154,41 @@ async def login(request: web.Request) -> web.StreamResponse:
 
     until = await accounts.banned_until(services.store, keys, now)
     if until is not None:
-        audit(request, "login.banned", principal=user.name if user else None,
-              decision="deny:too_many_attempts", until=round(until))
+        audit(
+            request,
+            "login.banned",
+            principal=user.name if user else None,
+            decision="deny:too_many_attempts",
+            until=round(until),
+        )
         minutes = max(1, round((until - now) / 60))
         return again(f"Too many failed attempts. Try again in {minutes} minutes.", 429)
 
     if not await accounts.check_password(services.store, user, password) or user is None:
         banned = await accounts.register_failure(services.store, rules, keys, now)
         services.metrics.logins.labels("failure").inc()
-        audit(request, "login.failure", principal=user.name if user else None,
-              decision="deny:unauthenticated", reason="wrong username or password",
-              known_user=user is not None)
+        audit(
+            request,
+            "login.failure",
+            principal=user.name if user else None,
+            decision="deny:unauthenticated",
+            reason="wrong username or password",
+            known_user=user is not None,
+        )
         if banned:
-            audit(request, "login.banned", principal=user.name if user else None,
-                  decision="deny:too_many_attempts", subjects=[b.split(":")[0] for b in banned])
+            audit(
+                request,
+                "login.banned",
+                principal=user.name if user else None,
+                decision="deny:too_many_attempts",
+                subjects=[b.split(":")[0] for b in banned],
+            )
         return again("Wrong username or password.", 401)
 
     session = await fresh_session(request)
-    session.update({"user": user.name, "pwv": password_version(user), "stage": "password-ok",
-                    "next": next_})
+    session.update(
+        {"user": user.name, "pwv": password_version(user), "stage": "password-ok", "next": next_}
+    )
     return await advance(request, session, user)
 
 
@@ -174,16 +196,21 @@ async def logout(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     services = _services(request)
     if request.method in ("GET", "HEAD"):
-        body = "<h1>Sign out</h1><p>Sign out of every app behind this gateway?</p>" + \
-            forms.logout_form(_url(ctx, "logout"), services.csrf.field(request))
+        body = (
+            "<h1>Sign out</h1><p>Sign out of every app behind this gateway?</p>"
+            + forms.logout_form(_url(ctx, "logout"), services.csrf.field(request))
+        )
         return _html(page("Sign out", body))
     session = await get_session(request)
     user = session.get("user")
     if user:
         audit(request, "session.revoked", principal=user, reason="logout")
     session.invalidate()
-    return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), "/",
-                             notice="You are signed out."))
+    return _html(
+        forms.login(
+            _url(ctx, "login"), services.csrf.field(request), "/", notice="You are signed out."
+        )
+    )
 
 
 # -- 2FA ---------------------------------------------------------------------------------------
@@ -198,8 +225,9 @@ async def verify(request: web.Request) -> web.StreamResponse:
     session, user = found
     action = _url(ctx, "2fa/verify")
     if request.method in ("GET", "HEAD"):
-        return _html(forms.verify(action, services.csrf.field(request),
-                                  logout=_logout_footer(request, ctx)))
+        return _html(
+            forms.verify(action, services.csrf.field(request), logout=_logout_footer(request, ctx))
+        )
     form = await request.post()
     code = str(form.get("code", ""))[:64]
     now = time.time()
@@ -207,8 +235,15 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if await accounts.banned_until(services.store, keys, now) is not None:
         audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts")
         session.invalidate()
-        return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), "/",
-                                 error="Too many failed attempts. Try again later."), 429)
+        return _html(
+            forms.login(
+                _url(ctx, "login"),
+                services.csrf.field(request),
+                "/",
+                error="Too many failed attempts. Try again later.",
+            ),
+            429,
+        )
     result = await accounts.verify_second_factor(
         services.store, _sealer(request), user.name, code, now
     )
@@ -216,34 +251,60 @@ async def verify(request: web.Request) -> web.StreamResponse:
         banned = await accounts.register_failure(
             services.store, ctx.snapshot.policy.login_regulation, keys, now
         )
-        audit(request, "totp.failure", principal=user.name, decision="deny:unauthenticated",
-              replayed=result.replayed or None)
+        audit(
+            request,
+            "totp.failure",
+            principal=user.name,
+            decision="deny:unauthenticated",
+            replayed=result.replayed or None,
+        )
         if banned:
             audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts")
             session.invalidate()
-            return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), "/",
-                                     error="Too many failed attempts. Try again later."), 429)
-        error = ("That code was already used. Wait for the next one." if result.replayed
-                 else "That code is not valid. Check your app and try again.")
-        return _html(forms.verify(action, services.csrf.field(request), error,
-                                  logout=_logout_footer(request, ctx)), 401)
+            return _html(
+                forms.login(
+                    _url(ctx, "login"),
+                    services.csrf.field(request),
+                    "/",
+                    error="Too many failed attempts. Try again later.",
+                ),
+                429,
+            )
+        error = (
+            "That code was already used. Wait for the next one."
+            if result.replayed
+            else "That code is not valid. Check your app and try again."
+        )
+        return _html(
+            forms.verify(
+                action, services.csrf.field(request), error, logout=_logout_footer(request, ctx)
+            ),
+            401,
+        )
     session["auth"] = "password+totp"
     if result.method != "recovery_code":
         return await advance(request, session, user)
-    audit(request, "totp.recovery_code_used", principal=user.name, decision="allow",
-          remaining=result.recovery_codes_left)
+    audit(
+        request,
+        "totp.recovery_code_used",
+        principal=user.name,
+        decision="allow",
+        remaining=result.recovery_codes_left,
+    )
     try:
         return await advance(request, session, user)
     except web.HTTPFound as done:
         # Tell the person before they go on: each code works once, and they may be running out.
         left = result.recovery_codes_left or 0
         account = escape(_url(ctx, "account"))
-        body = (f"<h1>Signed in with a recovery code</h1>"
-                f'<div class="notice" role="status">That code is now used up. '
-                f"You have <strong>{left}</strong> recovery code{'s' if left != 1 else ''} "
-                f"left.</div><p>If you lost your phone, <a href=\"{account}\">set up a new "
-                f"one and get new recovery codes</a> on your account page.</p>"
-                f'<p><a href="{escape(done.location)}">Continue</a></p>')
+        body = (
+            f"<h1>Signed in with a recovery code</h1>"
+            f'<div class="notice" role="status">That code is now used up. '
+            f"You have <strong>{left}</strong> recovery code{'s' if left != 1 else ''} "
+            f'left.</div><p>If you lost your phone, <a href="{account}">set up a new '
+            f"one and get new recovery codes</a> on your account page.</p>"
+            f'<p><a href="{escape(done.location)}">Continue</a></p>'
+        )
         return _html(page("Signed in with a recovery code", body))
 
 
@@ -271,25 +332,38 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     uri = totp.provisioning_uri(secret, account, issuer)
 
     def render(error: str | None = None, status: int = 200) -> web.Response:
-        return _html(forms.enroll(
-            _url(ctx, "2fa/enroll"), services.csrf.field(request), qr_svg=totp.qr_svg(uri),
-            secret=secret, uri=uri, issuer=issuer, account=account,
-            required=user.requires_2fa, error=error, logout=_logout_footer(request, ctx),
-        ), status)
+        return _html(
+            forms.enroll(
+                _url(ctx, "2fa/enroll"),
+                services.csrf.field(request),
+                qr_svg=totp.qr_svg(uri),
+                secret=secret,
+                uri=uri,
+                issuer=issuer,
+                account=account,
+                required=user.requires_2fa,
+                error=error,
+                logout=_logout_footer(request, ctx),
+            ),
+            status,
+        )
 
     if request.method in ("GET", "HEAD"):
         return render()
     form = await request.post()
     try:
         codes = await accounts.enroll(
-            services.store, sealer, user.name, secret, str(form.get("code", ""))[:64],
+            services.store,
+            sealer,
+            user.name,
+            secret,
+            str(form.get("code", ""))[:64],
             time.time(),
         )
     except accounts.AlreadyEnrolled:
         return await advance(request, session, user)
     if codes is None:
-        return render("That code does not match. Check the time on your phone and try again.",
-                      401)
+        return render("That code does not match. Check the time on your phone and try again.", 401)
     session.pop(PENDING_SECRET, None)
     audit(request, "totp.enrolled", principal=user.name, decision="allow")
     if session["stage"] == "enroll":
@@ -333,12 +407,18 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     forced = session["stage"] == "password"
 
     def render(errors: list[str] | None = None, notice: str | None = None, status: int = 200):  # type: ignore[no-untyped-def]
-        return _html(forms.password(
-            _url(ctx, "password"), services.csrf.field(request),
-            reason=session.get("pw_reason") if forced else None,
-            rules=describe_rules(user.password_rules), errors=errors or (), notice=notice,
-            logout=_logout_footer(request, ctx),
-        ), status)
+        return _html(
+            forms.password(
+                _url(ctx, "password"),
+                services.csrf.field(request),
+                reason=session.get("pw_reason") if forced else None,
+                rules=describe_rules(user.password_rules),
+                errors=errors or (),
+                notice=notice,
+                logout=_logout_footer(request, ctx),
+            ),
+            status,
+        )
 
     if request.method in ("GET", "HEAD"):
         return render()
@@ -349,26 +429,40 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     now = time.time()
     keys = accounts.subjects(user.name, ctx.client_ip)
     if await accounts.banned_until(services.store, keys, now) is not None:
-        audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts",
-              page="password")
+        audit(
+            request,
+            "login.banned",
+            principal=user.name,
+            decision="deny:too_many_attempts",
+            page="password",
+        )
         return render(["Too many failed attempts. Try again later."], status=429)
     if not await accounts.check_password(services.store, user, current):
         banned = await accounts.register_failure(
             services.store, ctx.snapshot.policy.login_regulation, keys, now
         )
-        audit(request, "login.failure", principal=user.name, decision="deny:unauthenticated",
-              reason="wrong current password on the password page")
+        audit(
+            request,
+            "login.failure",
+            principal=user.name,
+            decision="deny:unauthenticated",
+            reason="wrong current password on the password page",
+        )
         if banned:
-            audit(request, "login.banned", principal=user.name,
-                  decision="deny:too_many_attempts", page="password")
+            audit(
+                request,
+                "login.banned",
+                principal=user.name,
+                decision="deny:too_many_attempts",
+                page="password",
+            )
         return render(["Your current password is not correct."], status=400)
     if new != confirm:
         return render(["The two new passwords are not the same."], status=400)
     violations = await accounts.change_password(services.store, user, new, time.time())
     if violations:
         return render([v.message for v in violations], status=400)
-    audit(request, "password.changed", principal=user.name, decision="allow",
-          forced=forced or None)
+    audit(request, "password.changed", principal=user.name, decision="allow", forced=forced or None)
     if forced:
         return await advance(request, session, user)
     return render(notice="Your password was changed.")
@@ -394,8 +488,13 @@ async def account(request: web.Request) -> web.StreamResponse:
             if action == "disable_2fa" and user.requires_2fa:
                 error = "Your organisation requires two-factor authentication; it cannot be off."
             elif await accounts.banned_until(services.store, keys, time.time()) is not None:
-                audit(request, "login.banned", principal=user.name,
-                      decision="deny:too_many_attempts", page="account")
+                audit(
+                    request,
+                    "login.banned",
+                    principal=user.name,
+                    decision="deny:too_many_attempts",
+                    page="account",
+                )
                 error = "Too many failed attempts. Try again later."
             else:
                 result = await accounts.verify_second_factor(
@@ -407,23 +506,45 @@ async def account(request: web.Request) -> web.StreamResponse:
                     banned = await accounts.register_failure(
                         services.store, ctx.snapshot.policy.login_regulation, keys, time.time()
                     )
-                    audit(request, "totp.failure", principal=user.name,
-                          decision="deny:unauthenticated", page="account")
+                    audit(
+                        request,
+                        "totp.failure",
+                        principal=user.name,
+                        decision="deny:unauthenticated",
+                        page="account",
+                    )
                     if banned:
-                        audit(request, "login.banned", principal=user.name,
-                              decision="deny:too_many_attempts", page="account")
+                        audit(
+                            request,
+                            "login.banned",
+                            principal=user.name,
+                            decision="deny:too_many_attempts",
+                            page="account",
+                        )
                     error = "That code is not valid. Enter a current code from your app."
                 elif action == "regenerate_codes":
-                    codes = await accounts.new_recovery_codes(services.store, user.name,
-                                                              time.time())
-                    audit(request, "totp.recovery_codes_regenerated", principal=user.name,
-                          decision="allow")
-                    return _html(forms.recovery_codes(codes, _url(ctx, "account"),
-                                                      regenerated=True))
+                    codes = await accounts.new_recovery_codes(
+                        services.store, user.name, time.time()
+                    )
+                    audit(
+                        request,
+                        "totp.recovery_codes_regenerated",
+                        principal=user.name,
+                        decision="allow",
+                    )
+                    return _html(
+                        forms.recovery_codes(codes, _url(ctx, "account"), regenerated=True)
+                    )
                 else:
                     await services.store.totp_delete(user.name)
-                    audit(request, "totp.reset", principal=user.name, decision="allow",
-                          by="user", reenroll=action == "reenroll_2fa")
+                    audit(
+                        request,
+                        "totp.reset",
+                        principal=user.name,
+                        decision="allow",
+                        by="user",
+                        reenroll=action == "reenroll_2fa",
+                    )
                     if action == "reenroll_2fa":
                         raise web.HTTPFound(_url(ctx, "2fa/enroll"))
                     session["auth"] = "password"
@@ -432,40 +553,51 @@ async def account(request: web.Request) -> web.StreamResponse:
     return _html(await _account_page(request, ctx, user, error, notice))
 
 
-async def _account_page(request: web.Request, ctx: RequestContext, user: User,
-                        error: str | None, notice: str | None) -> str:
+async def _account_page(
+    request: web.Request, ctx: RequestContext, user: User, error: str | None, notice: str | None
+) -> str:
     services = _services(request)
     csrf = services.csrf.field(request)
     action = escape(_url(ctx, "account"))
     record = await services.store.totp_get(user.name)
     alerts = (f'<div class="error" role="alert">{escape(error)}</div>' if error else "") + (
-        f'<div class="notice" role="status">{escape(notice)}</div>' if notice else "")
+        f'<div class="notice" role="status">{escape(notice)}</div>' if notice else ""
+    )
 
     def code_form(act: str, label: str, cls: str = "secondary") -> str:
-        return (f'<form method="post" action="{action}">{csrf}'
-                f'<input type="hidden" name="action" value="{act}">'
-                f'<label for="code-{act}">Current code for “{escape(label)}”</label>'
-                f'<input type="text" id="code-{act}" name="code" autocomplete="one-time-code" '
-                f'inputmode="numeric" required><button type="submit" class="{cls}">'
-                f"{escape(label)}</button></form>")
+        return (
+            f'<form method="post" action="{action}">{csrf}'
+            f'<input type="hidden" name="action" value="{act}">'
+            f'<label for="code-{act}">Current code for “{escape(label)}”</label>'
+            f'<input type="text" id="code-{act}" name="code" autocomplete="one-time-code" '
+            f'inputmode="numeric" required><button type="submit" class="{cls}">'
+            f"{escape(label)}</button></form>"
+        )
 
     if record is None:
-        two_fa = ('<p>Two-factor authentication is <strong>off</strong>.</p>'
-                  f'<p><a href="{escape(_url(ctx, "2fa/enroll"))}">Turn it on</a></p>')
+        two_fa = (
+            "<p>Two-factor authentication is <strong>off</strong>.</p>"
+            f'<p><a href="{escape(_url(ctx, "2fa/enroll"))}">Turn it on</a></p>'
+        )
     else:
         left = sum(1 for c in await services.store.recovery_codes(user.name) if c.used_at is None)
-        two_fa = (f"<p>Two-factor authentication is <strong>on</strong>. "
-                  f"{left} recovery codes left.</p>"
-                  + code_form("regenerate_codes", "New recovery codes")
-                  + code_form("reenroll_2fa", "Move to a new phone"))
+        two_fa = (
+            f"<p>Two-factor authentication is <strong>on</strong>. "
+            f"{left} recovery codes left.</p>"
+            + code_form("regenerate_codes", "New recovery codes")
+            + code_form("reenroll_2fa", "Move to a new phone")
+        )
         if not user.requires_2fa:
             two_fa += code_form("disable_2fa", "Turn off two-factor authentication")
-    admin = (f'<p><a href="{escape(_url(ctx, "admin/"))}">Gateway admin</a></p>'
-             if user.admin else "")
-    body = (f"<h1>Your account</h1>{alerts}<p>Signed in as <strong>{escape(user.name)}</strong>"
-            f"{' (' + escape(user.email) + ')' if user.email else ''}.</p>"
-            f"<h2>Password</h2><p><a href=\"{escape(_url(ctx, 'password'))}\">"
-            f"Change your password</a></p><h2>Two-factor authentication</h2>{two_fa}{admin}")
+    admin = (
+        f'<p><a href="{escape(_url(ctx, "admin/"))}">Gateway admin</a></p>' if user.admin else ""
+    )
+    body = (
+        f"<h1>Your account</h1>{alerts}<p>Signed in as <strong>{escape(user.name)}</strong>"
+        f"{' (' + escape(user.email) + ')' if user.email else ''}.</p>"
+        f'<h2>Password</h2><p><a href="{escape(_url(ctx, "password"))}">'
+        f"Change your password</a></p><h2>Two-factor authentication</h2>{two_fa}{admin}"
+    )
     return page("Your account", body, footer=_logout_footer(request, ctx))
 
 

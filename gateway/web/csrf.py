@@ -45,7 +45,11 @@ class Csrf:
         pending = request.get(_PENDING)
         if pending:
             response.set_cookie(
-                COOKIE, pending, path="/", httponly=True, samesite="Strict",
+                COOKIE,
+                pending,
+                path="/",
+                httponly=True,
+                samesite="Strict",
                 secure=context_of(request).secure,
             )
 

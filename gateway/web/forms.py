@@ -22,8 +22,14 @@ def _hidden(name: str, value: str) -> str:
     return f'<input type="hidden" name="{name}" value="{escape(value)}">'
 
 
-def login(action: str, csrf: str, next_: str, username: str = "", error: str | None = None,
-          notice: str | None = None) -> str:
+def login(
+    action: str,
+    csrf: str,
+    next_: str,
+    username: str = "",
+    error: str | None = None,
+    notice: str | None = None,
+) -> str:
     body = f"""<h1>Sign in</h1>{_alert(error, notice)}
 <form method="post" action="{escape(action)}">{csrf}{_hidden("next", next_)}
 <label for="username">Username</label>
@@ -47,8 +53,19 @@ def verify(action: str, csrf: str, error: str | None = None, logout: str = "") -
     return page("Two-factor authentication", body, footer=logout)
 
 
-def enroll(action: str, csrf: str, *, qr_svg: str, secret: str, uri: str, issuer: str,
-           account: str, required: bool, error: str | None = None, logout: str = "") -> str:
+def enroll(
+    action: str,
+    csrf: str,
+    *,
+    qr_svg: str,
+    secret: str,
+    uri: str,
+    issuer: str,
+    account: str,
+    required: bool,
+    error: str | None = None,
+    logout: str = "",
+) -> str:
     grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     why = (
         "Your organisation requires two-factor authentication. Set it up to continue."
@@ -76,10 +93,14 @@ On your phone you can also <a href="{escape(uri)}">open it in your authenticator
 
 
 def recovery_codes(codes: Sequence[str], continue_to: str, *, regenerated: bool = False) -> str:
-    items = "".join(f'<li><code data-recovery-code="{escape(c)}">{escape(c)}</code></li>'
-                    for c in codes)
-    lead = ("Your new recovery codes replace the old ones."
-            if regenerated else "Two-factor authentication is on.")
+    items = "".join(
+        f'<li><code data-recovery-code="{escape(c)}">{escape(c)}</code></li>' for c in codes
+    )
+    lead = (
+        "Your new recovery codes replace the old ones."
+        if regenerated
+        else "Two-factor authentication is on."
+    )
     body = f"""<h1>Save your recovery codes</h1>
 <div class="notice" role="status">{escape(lead)}</div>
 <p>If you lose your phone, each of these codes signs you in once. Store them somewhere safe,
@@ -89,8 +110,16 @@ like a password manager. <strong>They are shown only this once.</strong></p>
     return page("Save your recovery codes", body)
 
 
-def password(action: str, csrf: str, *, reason: str | None, rules: str, errors: Sequence[str] = (),
-             notice: str | None = None, logout: str = "") -> str:
+def password(
+    action: str,
+    csrf: str,
+    *,
+    reason: str | None,
+    rules: str,
+    errors: Sequence[str] = (),
+    notice: str | None = None,
+    logout: str = "",
+) -> str:
     problems = ""
     if errors:
         items = "".join(f"<li>{escape(e)}</li>" for e in errors)
@@ -113,5 +142,7 @@ def password(action: str, csrf: str, *, reason: str | None, rules: str, errors: 
 
 
 def logout_form(action: str, csrf: str) -> str:
-    return (f'<form method="post" action="{escape(action)}">{csrf}'
-            '<button type="submit" class="secondary">Sign out</button></form>')
+    return (
+        f'<form method="post" action="{escape(action)}">{csrf}'
+        '<button type="submit" class="secondary">Sign out</button></form>'
+    )
