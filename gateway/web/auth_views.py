@@ -216,6 +216,20 @@ async def logout(request: web.Request) -> web.StreamResponse:
 # -- 2FA ---------------------------------------------------------------------------------------
 
 
+def _banned_out(request: web.Request, session: Session, user: str) -> web.Response:
+    """A ban during the second step ends the half-finished sign-in."""
+    ctx = context_of(request)
+    audit(request, "login.banned", principal=user, decision="deny:too_many_attempts")
+    session.invalidate()
+    page_ = forms.login(
+        _url(ctx, "login"),
+        _services(request).csrf.field(request),
+        "/",
+        error="Too many failed attempts. Try again later.",
+    )
+    return _html(page_, 429)
+
+
 async def verify(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     services = _services(request)
@@ -233,17 +247,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
     now = time.time()
     keys = accounts.subjects(user.name, ctx.client_ip)
     if await accounts.banned_until(services.store, keys, now) is not None:
-        audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts")
-        session.invalidate()
-        return _html(
-            forms.login(
-                _url(ctx, "login"),
-                services.csrf.field(request),
-                "/",
-                error="Too many failed attempts. Try again later.",
-            ),
-            429,
-        )
+        return _banned_out(request, session, user.name)
     result = await accounts.verify_second_factor(
         services.store, _sealer(request), user.name, code, now
     )
@@ -259,17 +263,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
             replayed=result.replayed or None,
         )
         if banned:
-            audit(request, "login.banned", principal=user.name, decision="deny:too_many_attempts")
-            session.invalidate()
-            return _html(
-                forms.login(
-                    _url(ctx, "login"),
-                    services.csrf.field(request),
-                    "/",
-                    error="Too many failed attempts. Try again later.",
-                ),
-                429,
-            )
+            return _banned_out(request, session, user.name)
         error = (
             "That code was already used. Wait for the next one."
             if result.replayed
