@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -116,6 +117,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             fingerprint=snapshot.fingerprint[:16],
         )
         await _warn_two_factor(services, snapshot)
+        settle_heap()
         services.ready = True
         try:
             yield
@@ -131,6 +133,19 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             await store.close()
 
     return ctx
+
+
+def settle_heap() -> None:
+    """Move the long-lived objects (the policy snapshot: up to 100,000s of allowlist entries)
+    out of the garbage collector's sight.
+
+    Otherwise every full collection walks them all, which showed as pauses of hundreds of
+    milliseconds in the benchmark's p99. Called after start-up and after each reload: unfreeze
+    first, so the previous snapshot, now garbage, can be collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 async def _every(seconds: float, job) -> None:  # type: ignore[no-untyped-def]
@@ -162,6 +177,7 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
         new = result.snapshot
         if new.fingerprint == previous.fingerprint:
             return
+        settle_heap()
         services.metrics.policy_generation.set(new.generation)
         for warning in new.warnings:
             log.warning("policy_warning", warning=warning)
