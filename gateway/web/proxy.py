@@ -187,24 +187,41 @@ class Forwarder:
             raise UpstreamError(decide.UPSTREAM_TIMEOUT) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(decide.UPSTREAM_UNAVAILABLE) from exc
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream.headers, ctx.request_id),
+        )
         try:
-            response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=response_headers(upstream.headers, ctx.request_id),
-            )
             await response.prepare(request)
-            # From here on the status line is sent: a failure can only cut the connection.
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
-            return response
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            if not response.prepared:
-                raise UpstreamError(decide.UPSTREAM_TIMEOUT) from exc
-            raise
+        except (ConnectionResetError, aiohttp.ClientError, TimeoutError) as exc:
+            client_gone = isinstance(exc, ConnectionResetError) and not isinstance(
+                exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError
+            )
+            if not response.prepared and not client_gone:
+                code = (
+                    decide.UPSTREAM_TIMEOUT
+                    if isinstance(exc, TimeoutError)
+                    else decide.UPSTREAM_UNAVAILABLE
+                )
+                raise UpstreamError(code) from exc
+            # Part of the response is out: a new response on this connection would be read as
+            # the rest of the body (a desync), and the upstream connection is half read. Cutting
+            # both is the only honest signal left, whichever side failed.
+            ctx.reasons.append(
+                "the client closed the connection before the end of the response"
+                if client_gone
+                else f"the upstream failed mid-response ({type(exc).__name__}); connection cut"
+            )
+            upstream.close()
+            if request.transport is not None:
+                request.transport.close()
         finally:
             upstream.release()
+        return response
 
     async def _websocket(
         self, request: web.Request, ctx: RequestContext, url: str, headers: CIMultiDict[str]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 
 import aiohttp
 import pytest
@@ -189,3 +190,56 @@ def anyio_backend():
 async def _unused() -> None:  # keeps web imported for type checkers in this module
     await asyncio.sleep(0)
     _ = web
+
+
+class TestMidStreamFailures:
+    """A failure after the status line never produces a second response on the connection."""
+
+    async def test_truncated_upstream_body_cuts_the_connection(self, tmp_path):
+        async def truncating(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\n"
+                + b"a" * 50
+            )
+            await writer.drain()
+            writer.close()
+
+        port = free_port()
+        server = await asyncio.start_server(truncating, "127.0.0.1", port)
+        async with server:
+            files = gateway_files(tmp_path, api_upstream=f"http://127.0.0.1:{port}")
+            async with running_gateway(files) as gw:
+                raw = (
+                    b"GET /api/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                    + api_key("sync").encode()
+                    + b"\r\n\r\n"  # keep-alive: a desync would show a second response
+                )
+                response = await raw_request(gw.host, gw.port, raw)
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == b"a" * 50  # then the connection was closed: no "HTTP/1.1 500" after it
+        assert b"HTTP/1.1" not in body
+
+    async def test_client_disconnect_is_not_an_error(self, tmp_path, caplog):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw:
+                reader, writer = await asyncio.open_connection(gw.host, gw.port)
+                writer.write(
+                    b"GET /api/download/200000000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                    + api_key("sync").encode()
+                    + b"\r\n\r\n"
+                )
+                await writer.drain()
+                await reader.readexactly(100_000)
+                writer.transport.abort()
+                await asyncio.sleep(0.5)
+        records = [json.loads(x) for x in files.audit_file.read_text().splitlines()]
+        request = next(r for r in records if r["event"] == "request")
+        assert request["status"] == 200
+        assert (
+            "the client closed the connection before the end of the response"
+            in (request["reasons"])
+        )
+        assert "unhandled_error" not in caplog.text
