@@ -7,8 +7,6 @@ from collections.abc import Iterable
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-import netaddr
-
 from gateway.policy.ipset import CompiledIPSet
 from gateway.policy.schema import AppSpec, GatewayConfig, PasswordPolicy, Policy
 from gateway.policy.schema import Role as RoleSpec
@@ -26,7 +24,7 @@ from gateway.policy.snapshot import (
 from gateway.services.passwords import PasswordRules, strictest
 
 
-def _ipset(networks: Iterable[netaddr.IPNetwork]) -> CompiledIPSet:
+def _ipset(networks: Iterable[str]) -> CompiledIPSet:
     return CompiledIPSet.build(list(networks))
 
 

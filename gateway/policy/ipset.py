@@ -33,7 +33,7 @@ import netaddr
 _MAPPED_FIRST = 0xFFFF_0000_0000  # ::ffff:0.0.0.0
 _MAPPED_LAST = 0xFFFF_FFFF_FFFF  # ::ffff:255.255.255.255
 _BITS = {4: 32, 6: 128}
-_NOT_A_NETWORK = "not an IP address or CIDR network (like 203.0.113.10 or 2001:db8::/48)"
+NOT_A_NETWORK = "not an IP address or CIDR network (like 203.0.113.10 or 2001:db8::/48)"
 
 _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
@@ -126,7 +126,7 @@ def _compile_family(ranges: list[tuple[int, int, int]]) -> _Family:
     )
 
 
-def _parse_entry(entry: str | netaddr.IPNetwork) -> tuple[int, int, int]:
+def parse_entry(entry: str | netaddr.IPNetwork) -> tuple[int, int, int]:
     """One allowlist entry -> (version, first, last); raises ValueError with a short reason.
 
     Strings are parsed with `socket.inet_pton` and an ASCII prefix length: as strict as netaddr
@@ -145,7 +145,7 @@ def _parse_entry(entry: str | netaddr.IPNetwork) -> tuple[int, int, int]:
         try:
             value = _from_bytes(_inet_pton(_AF_INET6 if version == 6 else _AF_INET, address), "big")
         except (OSError, ValueError):
-            raise ValueError(_NOT_A_NETWORK) from None
+            raise ValueError(NOT_A_NETWORK) from None
         if not slash:
             prefixlen = _BITS[version]
         elif prefix.isascii() and prefix.isdigit() and len(prefix) <= 3:
@@ -156,7 +156,7 @@ def _parse_entry(entry: str | netaddr.IPNetwork) -> tuple[int, int, int]:
                     f" (at most /{_BITS[version]})"
                 )
         else:
-            raise ValueError(_NOT_A_NETWORK)
+            raise ValueError(NOT_A_NETWORK)
     else:
         raise ValueError(f"expected a string, got {type(entry).__name__}")
     host_bits = _BITS[version] - prefixlen
@@ -191,7 +191,7 @@ class CompiledIPSet:
         problems: list[EntryProblem] = []
         for index, entry in enumerate(entries):
             try:
-                version, first, last = _parse_entry(entry)
+                version, first, last = parse_entry(entry)
             except ValueError as error:
                 problems.append(EntryProblem(index, str(entry), str(error)))
                 continue
