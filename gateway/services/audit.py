@@ -156,9 +156,15 @@ def redact_secrets(_logger: object, _method: str, event_dict: dict[str, Any]) ->
     csrf_token...), in any case, also inside nested mappings, lists and dataclasses. Other
     objects are rendered with str(): pass plain values, not objects that print their secrets.
     """
-    # Fast path, taken by nearly every record: known harmless names, plain scalar values.
-    if event_dict.keys() <= _clean_names and _SCALARS.issuperset(map(type, event_dict.values())):
-        return event_dict
+    # Fast path, taken by nearly every record: known harmless names, plain scalar values or
+    # lists of strings (a request record's `reasons`).
+    if event_dict.keys() <= _clean_names:
+        types = set(map(type, event_dict.values()))
+        if types <= _SCALARS or (
+            types - _SCALARS == {list}
+            and all(type(x) is str for v in event_dict.values() if type(v) is list for x in v)
+        ):
+            return event_dict
     for name, value in event_dict.items():
         if _is_secret_name(name):
             if value is not None:
