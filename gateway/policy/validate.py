@@ -20,6 +20,10 @@ _PATTERN_HINTS = {
 }
 
 
+# Fields whose wrong values could be secrets (a plain password where its hash belongs).
+_NEVER_ECHOED = frozenset({"password_hash", "key_sha256"})
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -60,6 +64,10 @@ def _message(model: type[BaseModel], error: dict[str, Any]) -> str:
         if loc and loc[-1] == "[key]":
             return f"{_short(value)} is not a valid name (use letters, digits, '.', '_', '@', '-')"
         hint = _PATTERN_HINTS.get(field, str(error["msg"]).lower())
+        if field in _NEVER_ECHOED:
+            # Whatever is there may be a real password or key pasted in the wrong place: the
+            # message goes to logs, the audit trail and readyz, so it never repeats the value.
+            return f"{hint} (the value is not shown)"
         return f"{hint}, got {_short(value)}"
     return f"{str(error['msg']).lower()}, got {_short(value)}"
 
