@@ -1,5 +1,6 @@
-"""healthz (the process answers), readyz (it can serve: policy loaded, store reachable, last
-reload not rejected), metrics (Prometheus) and jwks.json (the assertion's public keys)."""
+"""healthz (the process answers), readyz (it can serve: policy loaded, store reachable; with the
+details, including a rejected policy's errors, for `ops_allow` clients only), metrics
+(Prometheus) and jwks.json (the assertion's public keys)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import orjson
 from aiohttp import web
 
+from gateway.context import context_of
 from gateway.web.resources import SERVICES
 
 
@@ -43,13 +45,21 @@ async def readyz(request: web.Request) -> web.Response:
     if rejected is not None:
         # The last good policy stays in force; the rejection is visible here until fixed.
         policy["rejected"] = [str(p) for p in rejected.report.errors]
+    status = "ready" if services.ready and not problems else "not ready"
+    code = 200 if status == "ready" else 503
+    ctx = context_of(request)
+    ip = ctx.client_addr
+    if ip is None or not snapshot.ops_allow.contains(ip[1], ip[0]):
+        # readyz is open to load balancers anywhere; the details (file names, key paths, values
+        # of a rejected policy) are for operators only.
+        return _json({"status": status, "policy_rejected": rejected is not None}, code)
     body = {
-        "status": "ready" if services.ready and not problems else "not ready",
+        "status": status,
         "problems": problems,
         "policy": policy,
         "uptime_s": round(time.time() - services.started_at, 1),
     }
-    return _json(body, 200 if body["status"] == "ready" else 503)
+    return _json(body, code)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -209,3 +209,20 @@ class TestSymlinkSwap:
                 await wait_generation(gw, generation)
                 async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
                     assert r.status == 403
+
+
+class TestReadyzDetails:
+    """readyz answers everyone; the policy details only clients in ops_allow."""
+
+    async def test_details_only_for_ops(self, tmp_path):
+        files = gateway_files(tmp_path, extra_config={"ops_allow": ["127.0.0.1/32"]})
+        async with running_gateway(files) as gw:
+            files.write_policy("access", "protection: {enabled: maybe}\n")
+            await wait_rejected(gw)
+            async with client("127.0.0.1") as http, http.get(f"{gw.url}/_gateway/readyz") as r:
+                ops = await r.json()
+            async with client("127.0.0.2") as http, http.get(f"{gw.url}/_gateway/readyz") as r:
+                assert r.status == 200
+                public = await r.json()
+        assert "protection.enabled" in ops["policy"]["rejected"][0]
+        assert public == {"status": "ready", "policy_rejected": True}
