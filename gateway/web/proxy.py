@@ -21,6 +21,7 @@ from yarl import URL
 
 from gateway.context import RequestContext
 from gateway.policy import decide
+from gateway.web.csrf import COOKIE as CSRF_COOKIE
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -84,8 +85,8 @@ def upstream_request_headers(
         lower = name.lower()
         if lower in drop or _is_claim(lower) or lower == "host":
             continue
-        if lower == "cookie" and session_cookie:
-            value = _without_cookie(value, session_cookie)
+        if lower == "cookie":
+            value = _without_cookies(value, session_cookie)
             if not value:
                 continue
         out.add(name, value)
@@ -101,12 +102,15 @@ def upstream_request_headers(
     return out
 
 
-def _without_cookie(header: str, name: str) -> str:
-    prefix = name + "="
+def _without_cookies(header: str, session_cookie: str | None) -> str:
+    """The Cookie header minus the gateway's own cookies (session and CSRF)."""
+    if "gateway" not in header and (not session_cookie or session_cookie not in header):
+        return header  # fast path: none of ours in it
+    ours = (f"{session_cookie}=", f"{CSRF_COOKIE}=") if session_cookie else (f"{CSRF_COOKIE}=",)
     return "; ".join(
         part
         for part in (p.strip() for p in header.split(";"))
-        if part and not part.startswith(prefix)
+        if part and not part.startswith(ours)
     )
 
 

@@ -435,7 +435,8 @@ class TestSuccessfulSignIn:
         )
         assert (identity.user, identity.role, identity.auth) == ("alice", "admin", "password")
         assert SESSION_COOKIE not in seen.get("cookie", "")
-        assert "theme=dark" in seen["cookie"]
+        assert "gateway_csrf" not in seen.get("cookie", "")  # the CSRF cookie is ours too
+        assert seen["cookie"] == "theme=dark"
         assert backend[1] == ["GET /reports/q1?year=2024"]
 
     async def test_viewer_role_and_login_page_when_signed_in(self, gw):
