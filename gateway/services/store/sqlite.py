@@ -273,11 +273,22 @@ class SqliteStore:
             return count
 
     async def _configure(self, busy_timeout: float) -> None:
-        async with self._use("configure") as conn:
-            await conn.execute(PRAGMA_BUSY_TIMEOUT.format(ms=int(busy_timeout * 1000)))
-            await conn.execute(PRAGMA_JOURNAL_WAL)
-            await conn.execute(PRAGMA_SYNCHRONOUS)
-            await conn.execute(PRAGMA_FOREIGN_KEYS)
+        # Switching to WAL needs a moment of exclusive access, and SQLite does not always call
+        # the busy handler for it: when several workers open the same new file at once, one of
+        # them can get "database is locked" at once. Retry for up to busy_timeout.
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                async with self._use("configure") as conn:
+                    await conn.execute(PRAGMA_BUSY_TIMEOUT.format(ms=int(busy_timeout * 1000)))
+                    await conn.execute(PRAGMA_JOURNAL_WAL)
+                    await conn.execute(PRAGMA_SYNCHRONOUS)
+                    await conn.execute(PRAGMA_FOREIGN_KEYS)
+                return
+            except StoreUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _migrate(self) -> None:
         migrations = load_migrations(DIALECT)
