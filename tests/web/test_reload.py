@@ -34,14 +34,14 @@ def allowlist(enabled: bool, *entries: str) -> dict:
     }
 
 
-async def wait_generation(gw, above: int, timeout: float = 10.0) -> None:
+async def wait_generation(gw, above: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while gw.holder.current.generation <= above:
         assert time.monotonic() < deadline, "no reload within the timeout"
         await asyncio.sleep(0.05)
 
 
-async def wait_rejected(gw, timeout: float = 10.0) -> None:
+async def wait_rejected(gw, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while gw.holder.rejected is None:
         assert time.monotonic() < deadline, "the broken file was not noticed"
