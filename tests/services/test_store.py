@@ -33,7 +33,12 @@ from gateway.services.store import (
     parse_store_url,
 )
 from gateway.services.store.postgres import PostgresStore
-from gateway.services.store.schema import load_migrations, split_sqlite_script
+from gateway.services.store.schema import (
+    Migration,
+    load_migrations,
+    pending_migrations,
+    split_sqlite_script,
+)
 from gateway.services.store.sqlite import SqliteStore
 from gateway.services.store.url import PostgresTarget, SqliteTarget
 
@@ -41,7 +46,7 @@ from .conftest import StoreBackend
 
 T0 = 1_700_000_000.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NEWEST_VERSION = len(load_migrations("sqlite"))
+NEWEST_VERSION = load_migrations("sqlite")[-1].version
 
 
 class TestMigrationFiles:
@@ -50,7 +55,17 @@ class TestMigrationFiles:
     def test_dialects_have_the_same_versions(self) -> None:
         sqlite = [m.version for m in load_migrations("sqlite")]
         postgres = [m.version for m in load_migrations("postgres")]
-        assert sqlite == postgres == list(range(1, len(sqlite) + 1))
+        assert sqlite == postgres == sorted(set(sqlite))
+
+    def test_versions_may_have_gaps_and_a_late_lower_number_is_still_applied(self) -> None:
+        first, third = Migration(1, "0001_a.sql", ""), Migration(3, "0003_c.sql", "")
+        both = (first, third)
+        assert pending_migrations(both, set(), "db") == [first, third]
+        assert pending_migrations(both, {1}, "db") == [third]
+        assert pending_migrations(both, {3}, "db") == [first]  # 0001 merged after 0003 ran
+        assert pending_migrations(both, {1, 3}, "db") == []
+        with pytest.raises(StoreError, match="schema version 7, newer than this gateway knows"):
+            pending_migrations(both, {1, 3, 7}, "db")
 
     def test_sqlite_script_splits_into_statements(self) -> None:
         script = "-- heading\nCREATE TABLE a (x TEXT);\n\nCREATE TABLE b (\n  y TEXT\n);\n-- tail\n"

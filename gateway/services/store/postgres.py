@@ -29,7 +29,7 @@ from .base import (
     StoreUnavailable,
     TotpRecord,
 )
-from .schema import load_migrations
+from .schema import load_migrations, pending_migrations
 from .url import redact
 
 DIALECT = "postgres"
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at DOUBLE PRECISION NOT NULL
 )"""
 SELECT_SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+SELECT_APPLIED_VERSIONS = "SELECT version FROM schema_version"
 INSERT_SCHEMA_VERSION = "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)"
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -252,13 +253,8 @@ class PostgresStore:
         async with self._write("migrate") as conn:
             await conn.execute(MIGRATION_LOCK, MIGRATION_LOCK_KEY)
             await conn.execute(CREATE_SCHEMA_VERSION)
-            current = await conn.fetchval(SELECT_SCHEMA_VERSION)
-            if current > len(migrations):
-                raise StoreError(
-                    f"postgres {self._where}: the database has schema version {current}, newer "
-                    f"than this gateway knows ({len(migrations)}); upgrade the gateway"
-                )
-            for migration in migrations[current:]:
+            applied = {row[0] for row in await conn.fetch(SELECT_APPLIED_VERSIONS)}
+            for migration in pending_migrations(migrations, applied, f"postgres {self._where}"):
                 await conn.execute(migration.sql)
                 # The only wall-clock read in the store: a note for humans, not a decision.
                 await conn.execute(

@@ -43,7 +43,7 @@ from .base import (
     StoreUnavailable,
     TotpRecord,
 )
-from .schema import load_migrations, split_sqlite_script
+from .schema import load_migrations, pending_migrations, split_sqlite_script
 from .url import MEMORY
 
 DIALECT = "sqlite"
@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at REAL NOT NULL
 )"""
 SELECT_SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+SELECT_APPLIED_VERSIONS = "SELECT version FROM schema_version"
 INSERT_SCHEMA_VERSION = "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)"
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -294,13 +295,8 @@ class SqliteStore:
         migrations = load_migrations(DIALECT)
         async with self._write("migrate") as conn:
             await conn.execute(CREATE_SCHEMA_VERSION)
-            (current,) = (await conn.execute_fetchall(SELECT_SCHEMA_VERSION))[0]
-            if current > len(migrations):
-                raise StoreError(
-                    f"sqlite {self._where}: the database has schema version {current}, newer "
-                    f"than this gateway knows ({len(migrations)}); upgrade the gateway"
-                )
-            for migration in migrations[current:]:
+            applied = {row[0] for row in await conn.execute_fetchall(SELECT_APPLIED_VERSIONS)}
+            for migration in pending_migrations(migrations, applied, f"sqlite {self._where}"):
                 for statement in split_sqlite_script(migration.sql):
                     await conn.execute(statement)
                 # The only wall-clock read in the store: a note for humans, not a decision.
