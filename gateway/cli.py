@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from gateway import cli_schema
 from gateway.policy.source import LoadResult, load
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_WARNINGS = 0, 1, 2, 3
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="switch now instead of after the grace period (suspected key compromise)",
     )
+
+    cli_schema.register(sub, common)
 
     demo = sub.add_parser("demo", parents=[common], help="gateway + demo dashboard and API")
     demo.add_argument("--port", type=int, default=8080)
@@ -327,6 +330,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": cmd_audit,
     "keys": cmd_keys,
     "demo": cmd_demo,
+    "schema": cli_schema.cmd_schema,
 }
 
 if __name__ == "__main__":

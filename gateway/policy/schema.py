@@ -12,7 +12,14 @@ import re
 from typing import Annotated, Literal
 
 import netaddr
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 
 from gateway.policy.ipset import NOT_A_NETWORK, parse_entry
 
@@ -81,11 +88,23 @@ def _date(value: object) -> dt.date:
         raise ValueError(f"expected a date like 2027-06-30, got {value!r}") from None
 
 
-Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
-Network = Annotated[str, BeforeValidator(_network)]
+# What editors see (the JSON Schema of `gateway schema`): the text forms people write in YAML.
+_DURATION_JSON = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+    ],
+    "description": "seconds, or a number with a unit: 250ms, 30s, 10m, 12h, 7d",
+}
+_NETWORK_JSON = {"type": "string", "description": "an IP address or CIDR network"}
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0), WithJsonSchema(_DURATION_JSON)]
+Network = Annotated[str, BeforeValidator(_network), WithJsonSchema(_NETWORK_JSON)]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
 Methods = Annotated[tuple[str, ...], AfterValidator(_methods)]
-Date = Annotated[dt.date, BeforeValidator(_date)]
+Date = Annotated[
+    dt.date, BeforeValidator(_date), WithJsonSchema({"type": "string", "format": "date"})
+]
 Surface = Literal["dashboard", "api"]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
 
