@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and benchmarks use: chromium (browser tests through Playwright),
-# oathtool (an independent TOTP implementation), wrk and nginx (bench/). Installed only when missing.
+# oathtool (an independent TOTP implementation), wrk and nginx (bench/), promtool, systemd-analyze
+# and logrotate (checks of the operator's kit in deploy/). Installed only when missing.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v oathtool >/dev/null || need+=(oathtool)
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v logrotate >/dev/null || need+=(logrotate)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
