@@ -76,15 +76,16 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
             secure=False,
         )
 
+    view = gate.described(request)
     ctx = new_ctx()
     ctx.path = normalize_path(path)
-    app = decide.match_route(snapshot, gate.request_host(request), ctx.path)
+    app = decide.match_route(snapshot, gate.request_host(view.host), ctx.path)
     ctx.app, ctx.surface = app, app.surface if app else None
 
     def authed() -> RequestContext:
         c = new_ctx()
         c.path, c.app, c.surface = ctx.path, ctx.app, ctx.surface
-        gate.authenticate_api(request, c)
+        gate.authenticate_api(c, view)
         grants = snapshot.accounts[c.principal].grants  # type: ignore[index]
         _, c.role = decide.authorize(snapshot, grants, c.app, "GET", c.path)  # type: ignore[arg-type]
         return c
@@ -108,13 +109,13 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
         ("gate: normalize_path", lambda: normalize_path(path), 20000),
         (
             "gate: match_route",
-            lambda: decide.match_route(snapshot, gate.request_host(request), ctx.path),
+            lambda: decide.match_route(snapshot, gate.request_host(view.host), ctx.path),
             20000,
         ),
         ("gate: check_surface (allowlist lookup)", lambda: gate.check_surface(ctx), 20000),
         (
             "gate: API key (sha256, lookup, check_account)",
-            lambda: gate.authenticate_api(request, ctx),
+            lambda: gate.authenticate_api(ctx, view),
             20000,
         ),
         (

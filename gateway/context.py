@@ -29,6 +29,8 @@ class RequestContext:
     role: str | None = None
     email: str | None = None
     decision: Decision | None = None
+    mode: str = "full-proxy"  # or "forward-auth": another proxy asked for the decision
+    method: str | None = None  # forward-auth: the described request's method (audit)
     monitored: list[str] = field(default_factory=list)  # would-be denials in monitor mode
     reasons: list[str] = field(default_factory=list)
 

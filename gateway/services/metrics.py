@@ -28,14 +28,15 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "gateway_requests_total",
-            "Requests by surface, app and decision (allow or deny:<code>).",
-            ["surface", "app", "decision"],
+            "Requests by surface, app, decision (allow or deny:<code>) and mode (full-proxy, "
+            "or forward-auth: decisions asked for by another proxy).",
+            ["surface", "app", "decision", "mode"],
             registry=r,
         )
         self.latency = Histogram(
             "gateway_request_duration_seconds",
-            "Time from the request's arrival to the end of the response, by surface.",
-            ["surface"],
+            "Time from the request's arrival to the end of the response, by surface and mode.",
+            ["surface", "mode"],
             buckets=_BUCKETS,
             registry=r,
         )
@@ -54,19 +55,21 @@ class Metrics:
         self.logins = Counter(
             "gateway_logins_total", "Sign-in attempts by result.", ["result"], registry=r
         )
-        self._children: dict[tuple[str, str, str], object] = {}
-        self._latency_children: dict[str, object] = {}
+        self._children: dict[tuple[str, str, str, str], object] = {}
+        self._latency_children: dict[tuple[str, str], object] = {}
 
-    def observe_request(self, surface: str, app: str, decision: str, seconds: float) -> None:
+    def observe_request(
+        self, surface: str, app: str, decision: str, seconds: float, mode: str = "full-proxy"
+    ) -> None:
         """Label lookups are cached: they would otherwise cost more than the increment."""
-        key = (surface, app, decision)
+        key = (surface, app, decision, mode)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.requests.labels(surface, app, decision)
+            child = self._children[key] = self.requests.labels(surface, app, decision, mode)
         child.inc()  # type: ignore[attr-defined]
-        hist = self._latency_children.get(surface)
+        hist = self._latency_children.get((surface, mode))
         if hist is None:
-            hist = self._latency_children[surface] = self.latency.labels(surface)
+            hist = self._latency_children[surface, mode] = self.latency.labels(surface, mode)
         hist.observe(seconds)  # type: ignore[attr-defined]
 
     def render(self) -> tuple[bytes, str]:

@@ -3,16 +3,21 @@
     client IP (observe middleware) -> normalise + match app -> surface allowlist
     -> authenticate (session | API key) -> authorize (grant -> role -> rules) -> forward
 
-Everything it reads comes from the one snapshot the request started with (ctx.snapshot).
+The steps decide on a `Described` request: the request itself in full-proxy mode, or the request
+nginx, Traefik or Caddy describe in forward-auth mode (gateway.web.forward_auth). Both modes run
+these same steps; only what is done with the decision differs (forward, or answer the proxy).
+Everything the steps read comes from the one snapshot the request started with (ctx.snapshot).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.context import RequestContext, context_of
 from gateway.policy import decide
@@ -27,9 +32,39 @@ from gateway.web.sessions import current_login
 API_KEY_CHALLENGE = 'Bearer realm="gateway", charset="UTF-8"'
 
 
+@dataclass(frozen=True, slots=True)
+class Described:
+    """The request the pipeline decides on.
+
+    `headers` is where credentials (session cookie, API key) are read: in both modes the headers
+    of the request the gateway received, since nginx, Traefik and Caddy pass the client's headers
+    on to the auth endpoint.
+    """
+
+    method: str
+    host: str | None  # the Host as the client sent it, port included
+    target: str  # path and query exactly as on the wire (origin-form)
+    headers: CIMultiDictProxy[str]
+
+    @property
+    def raw_path(self) -> str:
+        cut = self.target.find("?")
+        return self.target if cut < 0 else self.target[:cut]
+
+    @property
+    def query(self) -> str:
+        """The query with its "?", or ""."""
+        cut = self.target.find("?")
+        return "" if cut < 0 else self.target[cut:]
+
+
+def described(request: web.Request) -> Described:
+    """The request itself (full-proxy mode)."""
+    return Described(request.method, request.headers.get("Host"), request.raw_path, request.headers)
+
+
 def deny(request: web.Request, ctx: RequestContext, decision: Decision) -> web.Response:
-    ctx.decision = decision
-    ctx.reasons.append(decision.reason)
+    settle(ctx, decision)
     headers = None
     if decision.code == decide.UNAUTHENTICATED and ctx.surface == "api":
         headers = {"WWW-Authenticate": API_KEY_CHALLENGE}
@@ -42,9 +77,14 @@ def deny(request: web.Request, ctx: RequestContext, decision: Decision) -> web.R
     )
 
 
-def request_host(request: web.Request) -> str | None:
-    """The Host header, lower-cased, without port (IPv6 literals keep their brackets)."""
-    host = request.headers.get("Host")
+def settle(ctx: RequestContext, decision: Decision) -> None:
+    """The decision this request ends with, for the response, the audit record and metrics."""
+    ctx.decision = decision
+    ctx.reasons.append(decision.reason)
+
+
+def request_host(host: str | None) -> str | None:
+    """A Host value, lower-cased, without port (IPv6 literals keep their brackets)."""
     if not host:
         return None
     host = host.strip().lower()
@@ -57,43 +97,25 @@ async def entry(request: web.Request) -> web.StreamResponse:
     """The one catch-all route: the gateway's own pages under {prefix}, else an app."""
     ctx = context_of(request)
     snapshot = ctx.snapshot
-    raw = request.raw_path
-    cut = raw.find("?")
-    try:
-        ctx.path = normalize_path(raw if cut < 0 else raw[:cut])
-    except AmbiguousPath as exc:
-        return deny(request, ctx, decide.deny(decide.BAD_REQUEST, f"ambiguous path: {exc.reason}"))
+    view = described(request)
+    refusal = locate(ctx, view)
+    if refusal is not None:
+        return deny(request, ctx, refusal)
+    assert ctx.path is not None
     if path_has_prefix(ctx.path, snapshot.prefix):
         return await request.app[SERVICES].pages.dispatch(request, ctx)
 
-    app = decide.match_route(snapshot, request_host(request), ctx.path)
-    if app is None:
-        return deny(request, ctx, decide.deny(decide.NOT_FOUND, "no app matches host and path"))
-    ctx.app, ctx.surface = app, app.surface
-
-    verdict = check_surface(ctx)
+    verdict = await decide_access(request, ctx, view)
     if not verdict.allowed:
+        if sends_to_sign_in(ctx, view, verdict):
+            settle(ctx, decide.deny(verdict.code, f"{verdict.reason}: sent to sign in"))  # type: ignore[arg-type]
+            raise web.HTTPFound(login_url(ctx, view))
         return deny(request, ctx, verdict)
-
-    if app.surface == "api":
-        refusal = authenticate_api(request, ctx)
-    else:
-        refusal = await authenticate_dashboard(request, ctx)
-    if refusal is not None:
-        return refusal
-
-    grants = (
-        snapshot.users[ctx.principal].grants
-        if ctx.auth != "api-key"
-        else snapshot.accounts[ctx.principal].grants  # type: ignore[index]
-    )
-    verdict, ctx.role = decide.authorize(snapshot, grants, app, request.method, ctx.path)
-    if not verdict.allowed:
-        return deny(request, ctx, verdict)
-    ctx.decision = verdict
-    ctx.reasons.append(verdict.reason)
+    settle(ctx, verdict)
 
     services = request.app[SERVICES]
+    app = ctx.app
+    assert app is not None
     try:
         return await services.forwarder.forward(
             request,
@@ -103,6 +125,63 @@ async def entry(request: web.Request) -> web.StreamResponse:
         )
     except UpstreamError as exc:
         return deny(request, ctx, decide.deny(exc.code, f"upstream {app.upstream}: {exc.code}"))
+
+
+def locate(ctx: RequestContext, view: Described) -> Decision | None:
+    """Step 2, first half: the one normalised path (ctx.path) matched, authorised and forwarded."""
+    try:
+        ctx.path = normalize_path(view.raw_path)
+    except AmbiguousPath as exc:
+        return decide.deny(decide.BAD_REQUEST, f"ambiguous path: {exc.reason}")
+    return None
+
+
+async def decide_access(request: web.Request, ctx: RequestContext, view: Described) -> Decision:
+    """Steps 2-5 on a located request outside {prefix}: match, allowlist, authenticate, authorize.
+
+    Fills ctx (app, surface, principal, auth, email, role) as it goes and returns the decision;
+    the caller settles it and answers.
+    """
+    snapshot = ctx.snapshot
+    assert ctx.path is not None
+    app = decide.match_route(snapshot, request_host(view.host), ctx.path)
+    if app is None:
+        return decide.deny(decide.NOT_FOUND, "no app matches host and path")
+    ctx.app, ctx.surface = app, app.surface
+
+    verdict = check_surface(ctx)
+    if not verdict.allowed:
+        return verdict
+
+    if app.surface == "api":
+        verdict = authenticate_api(ctx, view)
+    else:
+        verdict = await authenticate_dashboard(request, ctx)
+    if not verdict.allowed:
+        return verdict
+
+    grants = (
+        snapshot.users[ctx.principal].grants
+        if ctx.auth != "api-key"
+        else snapshot.accounts[ctx.principal].grants  # type: ignore[index]
+    )
+    verdict, ctx.role = decide.authorize(snapshot, grants, app, view.method, ctx.path)
+    return verdict
+
+
+def sends_to_sign_in(ctx: RequestContext, view: Described, verdict: Decision) -> bool:
+    """A dashboard page load without a session goes to the login page instead of a 401."""
+    return (
+        verdict.code == decide.UNAUTHENTICATED
+        and ctx.surface == "dashboard"
+        and view.method in ("GET", "HEAD")
+    )
+
+
+def login_url(ctx: RequestContext, view: Described) -> str:
+    """The login page, relative, with `next` = the normalised path and the query as received."""
+    target = (ctx.path or "/") + view.query
+    return f"{ctx.snapshot.prefix}/login?next={quote(target, safe='')}"
 
 
 def check_surface(ctx: RequestContext) -> Decision:
@@ -116,44 +195,35 @@ def check_surface(ctx: RequestContext) -> Decision:
     return verdict
 
 
-def presented_api_key(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+def presented_api_key(headers: CIMultiDictProxy[str]) -> str | None:
+    header = headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    key = request.headers.get("X-API-Key", "").strip()
+    key = headers.get("X-API-Key", "").strip()
     return key or None
 
 
-def authenticate_api(request: web.Request, ctx: RequestContext) -> web.Response | None:
+def authenticate_api(ctx: RequestContext, view: Described) -> Decision:
     """Step 4 on the api surface: a service account's key; passwords never work here."""
-    key = presented_api_key(request)
+    key = presented_api_key(view.headers)
     if key is None:
-        return deny(request, ctx, decide.deny(decide.UNAUTHENTICATED, "no API key presented"))
+        return decide.deny(decide.UNAUTHENTICATED, "no API key presented")
     account = decide.find_account(ctx.snapshot, hashlib.sha256(key.encode()).digest())
     if account is None:
-        return deny(request, ctx, decide.deny(decide.UNAUTHENTICATED, "unknown API key"))
+        return decide.deny(decide.UNAUTHENTICATED, "unknown API key")
+    ctx.principal = account.name
     verdict = decide.check_account(account, ctx.client_addr, time.time())
-    if not verdict.allowed:
-        ctx.principal = account.name
-        return deny(request, ctx, verdict)
-    ctx.principal, ctx.auth = account.name, "api-key"
-    ctx.reasons.append(verdict.reason)
-    return None
+    if verdict.allowed:
+        ctx.auth = "api-key"
+        ctx.reasons.append(verdict.reason)
+    return verdict
 
 
-async def authenticate_dashboard(request: web.Request, ctx: RequestContext) -> web.Response | None:
-    """Step 4 on the dashboard surface: a complete sign-in, else the login page."""
+async def authenticate_dashboard(request: web.Request, ctx: RequestContext) -> Decision:
+    """Step 4 on the dashboard surface: a complete sign-in (the session cookie of `request`)."""
     login = await current_login(request, ctx)
-    if login is not None:
-        ctx.principal, ctx.auth, ctx.email = login.user.name, login.auth, login.user.email
-        return None
-    if request.method not in ("GET", "HEAD"):
-        return deny(request, ctx, decide.deny(decide.UNAUTHENTICATED, "no valid session"))
-    ctx.decision = decide.deny(decide.UNAUTHENTICATED, "no valid session: sent to sign in")
-    target = ctx.path or "/"
-    raw = request.raw_path
-    if "?" in raw:
-        target += raw[raw.find("?") :]
-    location = f"{ctx.snapshot.prefix}/login?next={quote(target, safe='')}"
-    raise web.HTTPFound(location)
+    if login is None:
+        return decide.deny(decide.UNAUTHENTICATED, "no valid session")
+    ctx.principal, ctx.auth, ctx.email = login.user.name, login.auth, login.user.email
+    return decide.allow(f"signed in as {login.user.name!r} ({login.auth})")

@@ -64,14 +64,17 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:  # type:
             principal=ctx.principal,
             auth=ctx.auth,
             decision=decision,
-            method=request.method,
+            method=ctx.method or request.method,
             path=ctx.path if ctx.path is not None else request.raw_path.split("?", 1)[0][:512],
             status=status,
             duration_ms=round(elapsed * 1000, 2),
             reasons=ctx.reasons or None,
             monitor=ctx.monitored or None,
+            mode=ctx.mode,
         )
-        services.metrics.observe_request(ctx.surface or "gateway", app or "", decision, elapsed)
+        services.metrics.observe_request(
+            ctx.surface or "gateway", app or "", decision, elapsed, ctx.mode
+        )
 
 
 def _internal_error(request: web.Request, ctx: RequestContext) -> web.Response:
