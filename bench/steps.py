@@ -46,7 +46,7 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
         from gateway.services.audit import AuditLog
         from gateway.services.metrics import Metrics
         from gateway.services.signing import Signer, mint, public_jwk
-        from gateway.web import gate, proxy
+        from gateway.web import forward_headers, gate, proxy
         from gateway.web.client_ip import resolve_client
         from gateway.web.identity import identity_headers
         from gateway.web.paths import normalize_path
@@ -179,7 +179,9 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
         ),
         (
             "forward: response_headers",
-            lambda: proxy.response_headers(upstream_headers, c.request_id),
+            lambda: forward_headers.response_headers(
+                upstream_headers.items(), forward_headers.own_cookie_names("gateway_session")
+            ),
             20000,
         ),
     ]

@@ -30,6 +30,7 @@ from gateway.services.store import open_store
 from gateway.web import auth_views, ops
 from gateway.web.csrf import Csrf
 from gateway.web.gate import entry
+from gateway.web.live_sockets import REVALIDATE_EVERY, LiveSockets
 from gateway.web.observe import observe
 from gateway.web.pages import Pages
 from gateway.web.proxy import Forwarder
@@ -90,7 +91,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             audit=audit,
             store=store,
             keyring=keyring,
-            forwarder=Forwarder(http),
+            forwarder=Forwarder(http, LiveSockets()),
             csrf=Csrf(secret_key.derive("csrf")),
             pages=build_pages(),
             started_at=time.time(),
@@ -102,6 +103,9 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             asyncio.create_task(_every(KEY_REFRESH_INTERVAL, keyring.refresh)),
             asyncio.create_task(
                 _every(SESSION_PURGE_INTERVAL, lambda: store.sessions_purge_expired(time.time()))
+            ),
+            asyncio.create_task(
+                _every(REVALIDATE_EVERY, lambda: services.forwarder.sockets.revalidate(store))
             ),
         ]
         if watch_files:
@@ -181,6 +185,7 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
         if new.fingerprint == previous.fingerprint:
             return
         settle_heap()
+        services.forwarder.sockets.recheck(new)
         services.metrics.policy_generation.set(new.generation)
         for warning in new.warnings:
             log.warning("policy_warning", warning=warning)

@@ -26,7 +26,13 @@ from gateway.web import forms
 from gateway.web.html import page
 from gateway.web.redirects import safe_next
 from gateway.web.resources import SERVICES, Services
-from gateway.web.sessions import current_login, fresh_session, login_state, password_version
+from gateway.web.sessions import (
+    current_login,
+    fresh_session,
+    login_state,
+    password_version,
+    session_hash,
+)
 
 SEALER_PURPOSE = "totp-secrets"
 PENDING_SECRET = "pending_totp"  # noqa: S105 - a session key name, not a secret
@@ -205,6 +211,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
     user = session.get("user")
     if user:
         audit(request, "session.revoked", principal=user, reason="logout")
+    if session.identity:
+        services.forwarder.sockets.end_session(session_hash(session.identity))
     session.invalidate()
     return _html(
         forms.login(

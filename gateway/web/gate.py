@@ -25,9 +25,10 @@ from gateway.policy.decide import Decision
 from gateway.web.errors import error_response
 from gateway.web.identity import identity_headers
 from gateway.web.paths import AmbiguousPath, normalize_path, path_has_prefix
-from gateway.web.proxy import UpstreamError
 from gateway.web.resources import SERVICES
 from gateway.web.sessions import current_login
+from gateway.web.upstream.errors import UpstreamError
+from gateway.web.websocket import check_origin
 
 API_KEY_CHALLENGE = 'Bearer realm="gateway", charset="UTF-8"'
 
@@ -124,7 +125,7 @@ async def entry(request: web.Request) -> web.StreamResponse:
             snapshot.config.sessions.cookie_name,
         )
     except UpstreamError as exc:
-        return deny(request, ctx, decide.deny(exc.code, f"upstream {app.upstream}: {exc.code}"))
+        return deny(request, ctx, decide.deny(exc.code, f"upstream {app.upstream}: {exc}"))
 
 
 def locate(ctx: RequestContext, view: Described) -> Decision | None:
@@ -152,6 +153,9 @@ async def decide_access(request: web.Request, ctx: RequestContext, view: Describ
     verdict = check_surface(ctx)
     if not verdict.allowed:
         return verdict
+    refused = check_origin(view.headers, view.host, ctx)  # cross-site WebSocket hijacking
+    if refused is not None:
+        return refused
 
     if app.surface == "api":
         verdict = authenticate_api(ctx, view)

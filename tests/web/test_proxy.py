@@ -243,3 +243,142 @@ class TestMidStreamFailures:
             in (request["reasons"])
         )
         assert "unhandled_error" not in caplog.text
+
+
+def _echoed_headers(response: bytes) -> dict[str, list[str]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    seen: dict[str, list[str]] = {}
+    for name, value in json.loads(body)["headers"]:
+        seen.setdefault(name.lower(), []).append(value)
+    return seen
+
+
+class TestClaimsAndCredentials:
+    """Every spelling of an identity or address header is dropped; the API key never leaves."""
+
+    async def test_every_spelling_of_claims_dropped(self, tmp_path):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw:
+                raw = (
+                    b"GET /api/h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    b"X-API-Key: " + api_key("sync").encode() + b"\r\n"
+                    b"X-Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n"
+                    b"X-Forwarded_Proto: https\r\nx_forwarded_host: evil\r\n"
+                    b"FORWARDED: for=6.6.6.6\r\nx-REAL-ip: 6.6.6.6\r\n"
+                    b"X_Gateway_User: root\r\nx-gateway-ROLE: admin\r\n"
+                    b"X-Gateway_Assertion: forged\r\nX-Forwarded-Prefix: /evil\r\n"
+                    b"Transfer_Encoding: chunked\r\n\r\n"
+                )
+                seen = _echoed_headers(await raw_request(gw.host, gw.port, raw))
+        for name in seen:
+            assert "_" not in name, name
+        assert seen["x-forwarded-for"] == ["127.0.0.1"]
+        assert seen["x-forwarded-proto"] == ["http"]
+        assert seen["x-forwarded-host"] == ["x"]
+        assert seen["x-gateway-user"] == ["sync"]
+        assert seen["x-gateway-role"] == ["writer"]
+        assert "forwarded" not in seen and "x-real-ip" not in seen
+        assert "x-forwarded-prefix" not in seen
+        assert seen["x-gateway-assertion"] != ["forged"]
+
+    @pytest.mark.parametrize("carrier", ["Authorization: Bearer", "X-API-Key:", "x-api-key:"])
+    async def test_api_key_header_removed(self, tmp_path, carrier):
+        async with serve(echo_app()) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw:
+                raw = (
+                    b"GET /api/h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    + f"{carrier} {api_key('sync')}\r\n\r\n".encode()
+                )
+                response = await raw_request(gw.host, gw.port, raw)
+        seen = _echoed_headers(response)
+        assert "authorization" not in seen and "x-api-key" not in seen
+        assert api_key("sync").encode() not in response
+        assert seen["x-gateway-auth"] == ["api-key"]
+
+
+class TestResponseCookies:
+    """A backend cannot set the gateway's own cookies, in any spelling."""
+
+    async def test_own_cookies_stripped_from_set_cookie(self, tmp_path):
+        async def planting(request: web.Request) -> web.Response:
+            response = web.Response(text="ok")
+            for line in (
+                "gateway_session=planted; Path=/",
+                "__Host-gateway_session=planted; Path=/; Secure",
+                "GATEWAY_SESSION=planted",
+                " gateway_csrf =planted",
+                "__Secure-Gateway_Csrf=planted; Secure",
+                "backend=1; Path=/",
+                "gateway_sessionx=kept",
+            ):
+                response.headers.add("Set-Cookie", line)
+            return response
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", planting)
+        async with serve(app) as backend:
+            files = gateway_files(tmp_path, api_upstream=backend)
+            async with running_gateway(files) as gw:
+                raw = (
+                    b"GET /api/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: "
+                    + api_key("sync").encode()
+                    + b"\r\n\r\n"
+                )
+                response = await raw_request(gw.host, gw.port, raw)
+        head = response.partition(b"\r\n\r\n")[0].decode()
+        cookies = [
+            line.split(":", 1)[1].strip()
+            for line in head.split("\r\n")
+            if line.lower().startswith("set-cookie:")
+        ]
+        assert cookies == ["backend=1; Path=/", "gateway_sessionx=kept"], cookies
+
+
+class TestExpectContinue:
+    """A backend that never answers `100 Continue` does not hold the request past its timeout."""
+
+    async def test_backend_without_100_continue(self, tmp_path):
+        async def no_interim(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            body = await reader.readexactly(length)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(body), body)
+            )
+            await writer.drain()
+            writer.close()
+
+        port = free_port()
+        server = await asyncio.start_server(no_interim, "127.0.0.1", port)
+        async with server:
+            files = gateway_files(tmp_path, api_upstream=f"http://127.0.0.1:{port}")
+            files.config["apps"]["protection-api"]["timeouts"] = {"read": "3s"}
+            files.write()
+            async with running_gateway(files) as gw:
+                reader, writer = await asyncio.open_connection(gw.host, gw.port)
+                writer.write(
+                    b"POST /api/up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                    b"Expect: 100-continue\r\nConnection: close\r\nX-API-Key: "
+                    + api_key("sync").encode()
+                    + b"\r\n\r\n"
+                )
+                await writer.drain()
+                started = asyncio.get_running_loop().time()
+                interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+                assert interim.startswith(b"HTTP/1.1 100"), interim
+                writer.write(b"hello")
+                await writer.drain()
+                response = await asyncio.wait_for(reader.read(), 3)
+                elapsed = asyncio.get_running_loop().time() - started
+                writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:100]
+        assert response.endswith(b"hello")
+        assert elapsed < 3

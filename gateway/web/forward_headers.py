@@ -1,0 +1,155 @@
+"""What headers cross the gateway, each way (PRODUCT.md section 4 step 6).
+
+Request, in this order: hop-by-hop headers (RFC 9110 7.6.1, plus every header the Connection
+header names) are dropped; every inbound header that claims an identity or a client address
+(X-Gateway-*, Forwarded, X-Forwarded-*, X-Real-IP) is dropped; on the api surface the headers
+that carry API keys (`Authorization: Bearer`, X-API-Key) are dropped; `Expect` is dropped when
+the gateway has already told the client to go on (see `request_headers`); the gateway's own
+cookies are cut out of Cookie; then the gateway's own X-Forwarded-*, request id and identity
+headers are added. Because ours are added last, a client can never remove or replace them,
+e.g. with `Connection: X-Forwarded-For`.
+
+Names are compared in any case and with `_` read as `-`: CGI, WSGI, PHP and many frameworks map
+both `X-Forwarded-For` and `X_Forwarded_For` to the same HTTP_X_FORWARDED_FOR variable, so a
+spelling that differs only there must be treated as the header itself.
+
+Response: hop-by-hop headers are dropped, and Set-Cookie lines that would set one of the
+gateway's own cookies (the session and CSRF cookies, in any spelling, also with the `__Host-` or
+`__Secure-` prefix) are removed, so a backend cannot plant or overwrite them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from gateway.web.csrf import COOKIE as CSRF_COOKIE
+
+Pairs = list[tuple[str, str]]
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Exact names (after folding) that claim an identity or an address; plus the prefixes below.
+CLAIMS: Final = frozenset({"forwarded", "x-real-ip"})
+CLAIM_PREFIXES: Final = ("x-forwarded", "x-gateway-")
+API_KEY_HEADERS: Final = frozenset({"x-api-key"})
+_COOKIE_PREFIXES: Final = ("__host-", "__secure-")
+
+
+def fold(name: str) -> str:
+    """The name as a CGI-style backend sees it: case-insensitive, `_` the same as `-`."""
+    return name.lower().replace("_", "-")
+
+
+def is_claim(folded: str) -> bool:
+    return folded in CLAIMS or folded.startswith(CLAIM_PREFIXES)
+
+
+def nominated(pairs: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Header names listed in Connection (hop-by-hop by nomination), folded."""
+    return frozenset(
+        fold(token.strip())
+        for name, value in pairs
+        if fold(name) == "connection"
+        for token in value.split(",")
+        if token.strip()
+    )
+
+
+def request_headers(
+    inbound: Iterable[tuple[str, str]],
+    *,
+    host: str | None,
+    client_ip: str | None,
+    secure: bool,
+    request_id: str,
+    identity: Mapping[str, str],
+    own_cookies: tuple[str, ...],
+    api_surface: bool,
+    drop_expect: bool,
+) -> Pairs:
+    """The headers sent upstream. `host` is the canonical Host of the request (the same for
+    HTTP and WebSocket); `own_cookies` the gateway's cookie names; `drop_expect` when the
+    gateway already answered `100 Continue` itself (aiohttp's server does before any handler),
+    so a backend that never sends 100 cannot make the body wait."""
+    inbound = list(inbound)
+    drop = HOP_BY_HOP | nominated(inbound)
+    out: Pairs = []
+    for name, value in inbound:
+        folded = fold(name)
+        if folded in drop or is_claim(folded) or folded == "host":
+            continue
+        if api_surface and (
+            folded in API_KEY_HEADERS
+            or (folded == "authorization" and value.lstrip()[:7].lower() == "bearer ")
+        ):
+            continue  # the API key itself never reaches the backend (section 4 step 4)
+        if drop_expect and folded == "expect":
+            continue
+        if folded == "cookie":
+            if name.lower() != "cookie":
+                continue  # "Cookie_" spellings: not a cookie header to anyone but CGI
+            value = without_cookies(value, own_cookies)
+            if not value:
+                continue
+        out.append((name, value))
+    if host:
+        out.append(("Host", host))  # backends see the host the client asked for
+        out.append(("X-Forwarded-Host", host))
+    if client_ip:
+        out.append(("X-Forwarded-For", client_ip))
+    out.append(("X-Forwarded-Proto", "https" if secure else "http"))
+    out.append(("X-Gateway-Request-Id", request_id))
+    out.extend(identity.items())
+    return out
+
+
+def own_cookie_names(session_cookie: str | None) -> tuple[str, ...]:
+    return (session_cookie, CSRF_COOKIE) if session_cookie else (CSRF_COOKIE,)
+
+
+def _is_own_cookie(name: str, own: tuple[str, ...]) -> bool:
+    name = name.strip().lower()
+    for prefix in _COOKIE_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    return any(name == o.lower() for o in own)
+
+
+def without_cookies(header: str, own: tuple[str, ...]) -> str:
+    """The Cookie header minus the gateway's own cookies."""
+    lowered = header.lower()
+    if not any(o.lower() in lowered for o in own):
+        return header  # fast path: none of ours in it
+    return "; ".join(
+        part
+        for part in (p.strip() for p in header.split(";"))
+        if part and not _is_own_cookie(part.partition("=")[0], own)
+    )
+
+
+def response_headers(upstream: Iterable[tuple[str, str]], own_cookies: tuple[str, ...]) -> Pairs:
+    """The upstream's response headers the client gets (the request id is added by the caller)."""
+    upstream = list(upstream)
+    drop = HOP_BY_HOP | nominated(upstream)
+    out: Pairs = []
+    for name, value in upstream:
+        folded = fold(name)
+        if folded in drop or folded == "x-gateway-request-id":
+            continue
+        if folded == "set-cookie" and _is_own_cookie(value.partition("=")[0], own_cookies):
+            continue
+        out.append((name, value))
+    return out
