@@ -71,7 +71,7 @@ class TestKeys:
         assert seen["x-gateway-role"] == "writer"
         assert seen["x-gateway-auth"] == "api-key"
         assert "x-gateway-email" not in seen
-        assert "authorization" in seen  # end-to-end header, passed on unchanged
+        assert "authorization" not in seen  # the key itself stays at the gateway (section 4.4)
 
     async def test_x_api_key(self, gw):
         status, _, body = await call(gw, {"X-API-Key": api_key("sync")})
