@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway.policy import decide
+from gateway.policy.advice import production_warnings
 from gateway.policy.ipset import parse_client_ip
 from gateway.policy.snapshot import SURFACES, Snapshot
 from gateway.policy.source import load
@@ -64,7 +65,8 @@ def run_checks(config: Path, client_ip: str | None) -> int:
         print(f"invalid: {len(result.report.errors)} error(s) in {', '.join(result.files)}")
         return 1
     warnings = [p for p in result.report.warnings]
-    extra = asyncio.run(two_factor_warnings(result.snapshot))
+    extra = production_warnings(result.snapshot)
+    extra += asyncio.run(two_factor_warnings(result.snapshot))
     if client_ip:
         extra += lockout_warnings(result.snapshot, client_ip)
     for text in extra:

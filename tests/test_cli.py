@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from argon2 import PasswordHasher
 
-from tests.factories import api_key, client, echo_app, gateway_files, running_gateway, serve
+from tests.factories import (
+    api_key,
+    client,
+    echo_app,
+    gateway_files,
+    password_hash,
+    running_gateway,
+    serve,
+)
 
 
 def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -23,11 +32,27 @@ def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
+PRODUCTION_ALLOWLISTS = {
+    "dashboard": {"enabled": True, "entries": [{"ip": "203.0.113.0/24"}]},
+    "api": {"enabled": True, "entries": [{"ip": "203.0.113.0/24"}]},
+}
+
+
+def production_ready(tmp_path: Path, **overrides):  # type: ignore[no-untyped-def]
+    """A deployment `gateway check` has no advice for: allowlists on, a secret key made."""
+    files = gateway_files(tmp_path, **{"allowlists": PRODUCTION_ALLOWLISTS, **overrides})
+    key = files.root / "state" / "gateway.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text("k" * 43 + "\n")
+    key.chmod(0o600)
+    return files
+
+
 class TestCheck:
     """`gateway check`: 0 valid, 1 invalid, 3 valid with warnings; errors name file and line."""
 
     def test_valid(self, tmp_path):
-        files = gateway_files(tmp_path)
+        files = production_ready(tmp_path)
         out = gateway("check", "--config", str(files.config_file))
         assert out.returncode == 0, out.stdout + out.stderr
         assert "valid: 4 file(s), 2 app(s), 2 user(s), 1 service account(s)" in out.stdout
@@ -43,13 +68,7 @@ class TestCheck:
         )
 
     def test_client_ip_lockout_warning(self, tmp_path):
-        files = gateway_files(
-            tmp_path,
-            allowlists={
-                "dashboard": {"enabled": True, "entries": [{"ip": "203.0.113.0/24"}]},
-                "api": {"enabled": False},
-            },
-        )
+        files = production_ready(tmp_path)
         out = gateway("check", "--config", str(files.config_file), "--client-ip", "192.0.2.7")
         assert out.returncode == 3, out.stdout
         assert "warning: 192.0.2.7 would be locked out of the dashboard surface" in out.stdout
@@ -62,6 +81,37 @@ class TestCheck:
         assert out.returncode == 3
         assert "no gateway admin has enrolled 2FA yet" in out.stdout
         assert "Enforcement stays on" in out.stdout
+
+    def test_production_surprises_each_with_a_fix(self, tmp_path):
+        files = gateway_files(tmp_path, users={}, accounts={})
+        out = gateway("check", "--config", str(files.config_file))
+        assert out.returncode == 3, out.stdout
+        assert "warning: both allowlists are disabled" in out.stdout
+        assert "set enabled: true" in out.stdout
+        assert "warning: no users and no service accounts: nobody can get through" in out.stdout
+        assert "warning: no secret key yet" in out.stdout
+        assert "several instances would each generate their own" in out.stdout
+        assert not (files.root / "state" / "gateway.key").exists()
+
+    def test_no_admin_and_protection_off(self, tmp_path):
+        users = {"carol": {"password_hash": password_hash(), "grants": {"console": "viewer"}}}
+        files = production_ready(tmp_path, users=users, protection={"enabled": False})
+        out = gateway("check", "--config", str(files.config_file))
+        assert out.returncode == 3, out.stdout
+        assert "warning: protection.enabled is false" in out.stdout
+        assert "warning: no user has admin: true" in out.stdout
+        assert "both allowlists" not in out.stdout
+
+    def test_secret_key_from_the_environment_is_enough(self, tmp_path):
+        files = gateway_files(tmp_path, allowlists=PRODUCTION_ALLOWLISTS)
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway", "check", "--config", str(files.config_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "GATEWAY_SECRET_KEY": "k" * 43},
+        )
+        assert out.returncode == 0, out.stdout
 
     def test_missing_config_file(self, tmp_path):
         out = gateway("check", "--config", str(tmp_path / "nope.yaml"))
