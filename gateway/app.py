@@ -25,7 +25,8 @@ from gateway.services.audit import AuditLog
 from gateway.services.metrics import Metrics
 from gateway.services.readiness import two_factor_warning
 from gateway.services.secret_key import load_secret_key
-from gateway.services.signing import KeyRing
+from gateway.services.session_store import open_session_store
+from gateway.services.signing import REFRESH_INTERVAL, KeyRing
 from gateway.services.store import open_store
 from gateway.web import auth_views, ops
 from gateway.web.csrf import Csrf
@@ -39,7 +40,6 @@ from gateway.web.sessions import StoreSessionStorage
 
 log = structlog.get_logger("gateway")
 
-KEY_REFRESH_INTERVAL = 30.0
 SESSION_PURGE_INTERVAL = 300.0
 
 
@@ -55,7 +55,7 @@ def build_pages() -> Pages:
 
 def build_app(holder: PolicyHolder, *, watch_files: bool = True) -> web.Application:
     """The application for one process. `holder` carries the first, already valid snapshot."""
-    storage = StoreSessionStorage(lambda: app[SERVICES].store)
+    storage = StoreSessionStorage(lambda: app[SERVICES].sessions)
     app = web.Application(
         middlewares=[
             observe,  # 1. context, request id, audit + metrics for every request
@@ -73,6 +73,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
         snapshot = holder.current
         secret_key = load_secret_key(snapshot.paths.secret_key_file)
         store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
+        sessions = open_session_store(snapshot.config.sessions, store, snapshot.paths.config_dir)
         audit = AuditLog(
             snapshot.paths.audit_file,
             secret_key.derive("audit-chain"),
@@ -90,6 +91,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             metrics=Metrics(),
             audit=audit,
             store=store,
+            sessions=sessions,
             keyring=keyring,
             forwarder=Forwarder(http, LiveSockets()),
             csrf=Csrf(secret_key.derive("csrf")),
@@ -100,9 +102,9 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
         holder.on_reload(_reload_listener(services))
         services.metrics.policy_generation.set(snapshot.generation)
         tasks = [
-            asyncio.create_task(_every(KEY_REFRESH_INTERVAL, keyring.refresh)),
+            asyncio.create_task(_every(REFRESH_INTERVAL, keyring.refresh)),
             asyncio.create_task(
-                _every(SESSION_PURGE_INTERVAL, lambda: store.sessions_purge_expired(time.time()))
+                _every(SESSION_PURGE_INTERVAL, lambda: sessions.purge_expired(time.time()))
             ),
             asyncio.create_task(
                 _every(REVALIDATE_EVERY, lambda: services.forwarder.sockets.revalidate(store))
@@ -134,6 +136,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             await asyncio.gather(*tasks, return_exceptions=True)
             await http.close()
             await audit.close()
+            await sessions.close()
             await store.close()
 
     return ctx
@@ -164,6 +167,25 @@ async def _every(seconds: float, job) -> None:  # type: ignore[no-untyped-def]
             log.exception("periodic_job_failed", job=getattr(job, "__qualname__", str(job)))
 
 
+# Settings read once at start: a reload that changes them logs that a restart is needed.
+RESTART_KEYS = (
+    "listen",
+    "tls",
+    "state",
+    "sessions.store",
+    "sessions.password_file",
+    "sessions.ca_file",
+    "sessions.key_prefix",
+)
+
+
+def _setting(snapshot: Snapshot, dotted: str) -> object:
+    value: object = snapshot.config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
     async def on_reload(result: LoadResult, previous: Snapshot) -> None:
         audit = services.audit
@@ -189,15 +211,13 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
         services.metrics.policy_generation.set(new.generation)
         for warning in new.warnings:
             log.warning("policy_warning", warning=warning)
-        restart = [
-            k for k in ("listen", "tls") if getattr(new.config, k) != getattr(previous.config, k)
-        ]
+        restart = [k for k in RESTART_KEYS if _setting(new, k) != _setting(previous, k)]
         if restart:
             log.warning(
                 "restart_required",
                 keys=restart,
-                hint="listen/tls changes take effect only after a restart; "
-                "the gateway keeps serving on the old address",
+                hint="these settings take effect only after a restart; "
+                "until then the gateway keeps its address, state store and session store",
             )
         await _warn_two_factor(services, new)
         log.info("policy_reloaded", generation=new.generation, files=list(result.files))

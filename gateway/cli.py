@@ -221,13 +221,23 @@ def cmd_user(args: argparse.Namespace) -> int:
     from gateway.services import accounts
 
     async def job(snapshot, store, audit) -> int:  # type: ignore[no-untyped-def]
+        from gateway.services.session_store import open_session_store
+
         name = args.user
         if name not in snapshot.users:
             print(f"no user {name!r} in {snapshot.paths.policies_dir}", file=sys.stderr)
             return EXIT_INVALID
         fields = {"principal": name, "surface": None, "decision": None, "by": "cli"}
+        # Redis connects lazily: opening it costs nothing for the actions that do not use it.
+        sessions = open_session_store(snapshot.config.sessions, store, snapshot.paths.config_dir)
+        try:
+            return await user_action(snapshot, store, sessions, audit, name, fields)
+        finally:
+            await sessions.close()
+
+    async def user_action(snapshot, store, sessions, audit, name, fields) -> int:  # type: ignore[no-untyped-def]
         if args.action == "reset-2fa":
-            revoked = await accounts.reset_2fa(store, name)
+            revoked = await accounts.reset_2fa(store, sessions, name)
             audit.record("totp.reset", flush=True, sessions_revoked=revoked, **fields)
             print(
                 f"{name}: authenticator removed, {revoked} session(s) ended; "
@@ -238,7 +248,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             audit.record("login.unlocked", flush=True, **fields)
             print(f"{name}: sign-in ban lifted")
         elif args.action == "revoke-sessions":
-            revoked = await store.sessions_revoke_user(name)
+            revoked = await sessions.revoke_user(name)
             audit.record("session.revoked", flush=True, sessions_revoked=revoked, **fields)
             print(f"{name}: {revoked} session(s) ended")
         elif args.action == "expire-password":
@@ -299,7 +309,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             grace = 0.0 if args.immediately else signing.ROTATION_GRACE
             signer = await signing.rotate(store, key, now, grace=grace)
             audit.record("signing_key.rotated", flush=True, kid=signer.kid, grace_s=grace)
-            print(f"new key published; every worker signs with it within {grace + 30:.0f} s")
+            within = grace + signing.REFRESH_INTERVAL
+            print(f"new key published; every worker signs with it within {within:.0f} s")
         records = await store.signing_keys()
         if not records:
             print("no signing keys yet: the gateway creates one at its first start")

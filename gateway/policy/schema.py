@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import netaddr
 from pydantic import (
@@ -149,11 +150,33 @@ class AppSpec(Model):
     timeouts: AppTimeouts = AppTimeouts()
 
 
+def _session_store(value: str) -> str:
+    """`state`, or a redis:// / rediss:// URL with a host, an optional port and a db number."""
+    if value == "state":
+        return value
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - validates the port number
+    except ValueError as exc:
+        raise ValueError(f"not a valid redis URL: {exc}") from None
+    if parts.scheme.lower() not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("expected 'state' or redis://host:6379/0 (rediss:// for TLS)")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"the path of a redis URL is a database number, got {db!r}")
+    if parts.password:
+        # Keep the password out of a file many people read: `password_file` instead.
+        raise ValueError("put the redis password in sessions.password_file, not in the URL")
+    return value
+
+
 class Sessions(Model):
-    # Sessions live in the state store (SQLite, or PostgreSQL shared by several instances).
-    # A Redis session store is part of the contract but not built yet: refusing it beats
-    # silently keeping sessions somewhere the operator did not ask for.
-    store: Literal["state"] = "state"
+    # `state`: in the state store (SQLite, or PostgreSQL shared by several instances);
+    # redis://host:6379/0 or rediss://...: in Redis (see docs/cluster.md).
+    store: Annotated[str, AfterValidator(_session_store)] = "state"
+    password_file: str | None = None  # Redis AUTH password, read at start (relative: config dir)
+    ca_file: str | None = None  # rediss://: CA bundle for the server's certificate (else system)
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "gateway:"
     idle_timeout: Duration = 1800.0
     max_age: Duration = 43200.0
     cookie_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "gateway_session"

@@ -17,6 +17,7 @@ from gateway.policy.schema import LoginRegulation
 from gateway.policy.snapshot import User
 from gateway.services import passwords, totp
 from gateway.services.secret_key import Sealer, SealError
+from gateway.services.session_store import SessionStore
 from gateway.services.store import StateStore
 
 
@@ -192,7 +193,7 @@ async def verify_second_factor(
     return SecondFactor(True, "recovery_code", len(unused) - 1)
 
 
-async def reset_2fa(store: StateStore, user: str) -> int:
+async def reset_2fa(store: StateStore, sessions: SessionStore, user: str) -> int:
     """Remove the user's authenticator and recovery codes and end their sessions."""
     await store.totp_delete(user)
-    return await store.sessions_revoke_user(user)
+    return await sessions.revoke_user(user)

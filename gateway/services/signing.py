@@ -64,8 +64,10 @@ AUTH_METHODS = frozenset({"password+totp", "password", "api-key"})
 
 PUBLISH_LEEWAY = 60.0
 """Seconds a retired key stays published after the last token it signed has expired."""
-REFRESH_INTERVAL = 30.0
-"""How often each worker re-reads the keys (`KeyRing.refresh`); below PUBLISH_LEEWAY."""
+REFRESH_INTERVAL = 3.0
+"""How often each worker re-reads the keys (`KeyRing.refresh`); below PUBLISH_LEEWAY. A few
+seconds, so a rotation (even `--immediately`) is seen by every instance sharing the store within
+seconds; an unchanged refresh is one small query."""
 ROTATION_GRACE = 45.0
 """Seconds between publishing a new key and signing with it; above REFRESH_INTERVAL."""
 

@@ -12,7 +12,9 @@ from aiohttp import web
 
 from gateway.context import CONTEXT_KEY, RequestContext
 from gateway.policy import decide
+from gateway.services.store import StoreUnavailable
 from gateway.web.client_ip import resolve_client
+from gateway.web.errors import error_response
 from gateway.web.resources import SERVICES
 
 log = structlog.get_logger("gateway.request")
@@ -46,6 +48,21 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:  # type:
         status = exc.status
         exc.headers["X-Gateway-Request-Id"] = ctx.request_id
         raise
+    except StoreUnavailable as exc:
+        # Sessions, bans or 2FA state cannot be checked: refuse (fail closed), never guess.
+        # The pools reconnect by themselves; readyz reports it meanwhile.
+        log.warning("store_unavailable", path=ctx.path, error=str(exc))
+        ctx.decision = decide.deny("not_ready", "state or session store unreachable")
+        status = 503
+        return error_response(
+            request,
+            "not_ready",
+            surface=ctx.surface,
+            request_id=ctx.request_id,
+            detail="Sign-in is paused for a moment: the gateway cannot reach its session store. "
+            "Try again shortly.",
+            headers={"Retry-After": "5", "X-Gateway-Request-Id": ctx.request_id},
+        )
     except Exception:
         log.exception("unhandled_error", path=ctx.path)
         ctx.decision = ctx.decision or decide.deny("internal_error", "unhandled error")

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway.context import context_of
+from gateway.services.session_store import StateSessionStore
 from gateway.web.resources import SERVICES
 
 
@@ -35,6 +36,11 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(services.store.ping(), timeout=2)
     except Exception as exc:
         problems.append(f"state store unreachable ({type(exc).__name__})")
+    if not isinstance(services.sessions, StateSessionStore):  # else the same database
+        try:
+            await asyncio.wait_for(services.sessions.ping(), timeout=2)
+        except Exception as exc:
+            problems.append(f"session store unreachable ({type(exc).__name__})")
     rejected = services.holder.rejected
     policy: dict[str, object] = {
         "generation": snapshot.generation,

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.policy.source import PolicyHolder
 from gateway.services.metrics import Metrics
 from gateway.services.secret_key import SecretKey
+from gateway.services.session_store import SessionStore
 from gateway.services.signing import KeyRing
 from gateway.services.store import StateStore
 
@@ -27,6 +28,7 @@ class Services:
     metrics: Metrics
     audit: AuditLog
     store: StateStore
+    sessions: SessionStore  # the state store's sessions, or Redis
     keyring: KeyRing
     forwarder: Forwarder
     csrf: Csrf

@@ -1,4 +1,4 @@
-"""Server-side sessions in the state store, through aiohttp-session.
+"""Server-side sessions in the session store (the state store or Redis), through aiohttp-session.
 
 The cookie holds only a random id (256 bits); the store holds its sha256, so a copy of the
 database does not yield usable cookies. Lifetimes come from the snapshot in force (`sessions:`
@@ -24,7 +24,8 @@ from aiohttp_session import AbstractStorage, Session, get_session
 
 from gateway.context import RequestContext, context_of
 from gateway.policy.snapshot import User
-from gateway.services.store import SessionRecord, StateStore
+from gateway.services.session_store import SessionStore
+from gateway.services.store import SessionRecord
 
 RECORD_KEY: Final = web.RequestKey("gateway.session_record", SessionRecord)
 TOUCH_EVERY: Final = 60.0
@@ -35,12 +36,12 @@ def session_hash(sid: str) -> str:
 
 
 class StoreSessionStorage(AbstractStorage):
-    def __init__(self, store: Callable[[], StateStore]) -> None:
+    def __init__(self, store: Callable[[], SessionStore]) -> None:
         super().__init__(httponly=True, samesite="Lax", path="/")
         self._store_of = store  # the store is opened after the middleware is built
 
     @property
-    def _store(self) -> StateStore:
+    def _store(self) -> SessionStore:
         return self._store_of()
 
     def load_cookie(self, request: web.Request) -> str | None:
@@ -51,13 +52,9 @@ class StoreSessionStorage(AbstractStorage):
         sid = self.load_cookie(request)
         if not sid or len(sid) > 128:
             return Session(None, data=None, new=True)
-        record = await self._store.session_get(session_hash(sid))
-        now = time.time()
-        if record is None:
-            return Session(None, data=None, new=True)
         idle = context_of(request).snapshot.config.sessions.idle_timeout
-        if now >= record.expires_at or now - record.last_seen > idle:
-            await self._store.session_delete(record.sid_hash)
+        record = await self._store.get(session_hash(sid), time.time(), idle)
+        if record is None:
             return Session(None, data=None, new=True)
         request[RECORD_KEY] = record
         return Session(
@@ -71,22 +68,27 @@ class StoreSessionStorage(AbstractStorage):
         settings = ctx.snapshot.config.sessions
         if session.empty:
             if session.identity:
-                await self._store.session_delete(session_hash(session.identity))
+                await self._store.delete(session_hash(session.identity))
             response.del_cookie(settings.cookie_name, path="/")
             return
         now = time.time()
         if session.identity is None:
             session.set_new_identity(secrets.token_urlsafe(32))
-            await self._store.session_put(
+            await self._store.create(
                 session_hash(session.identity),
                 session.get("user"),
                 dict(session),
                 float(session.created),
-                now,
                 float(session.created) + settings.max_age,
+                now=now,
+                idle_timeout=settings.idle_timeout,
             )
-        elif not await self._store.session_update(
-            session_hash(session.identity), session.get("user"), dict(session), now
+        elif not await self._store.update(
+            session_hash(session.identity),
+            session.get("user"),
+            dict(session),
+            now=now,
+            idle_timeout=settings.idle_timeout,
         ):
             # Revoked or signed out while this request ran: it stays revoked.
             response.del_cookie(settings.cookie_name, path="/")
@@ -104,14 +106,16 @@ class StoreSessionStorage(AbstractStorage):
         """Delete the current session record, e.g. before a sign-in issues a new id."""
         sid = self.load_cookie(request)
         if sid:
-            await self._store.session_delete(session_hash(sid))
+            await self._store.delete(session_hash(sid))
 
     async def touch(self, record: SessionRecord, idle_timeout: float) -> None:
         """Record activity; at most once a minute, and often enough for a short idle_timeout."""
         now = time.time()
         if now - record.last_seen >= min(TOUCH_EVERY, idle_timeout / 10):
             # Update-only: a revoked session is never recreated by a request in flight.
-            await self._store.session_update(record.sid_hash, record.user, record.data, now)
+            await self._store.update(
+                record.sid_hash, record.user, record.data, now=now, idle_timeout=idle_timeout
+            )
 
 
 async def fresh_session(request: web.Request) -> Session:
