@@ -173,7 +173,11 @@ def _session_store(value: str) -> str:
 class Sessions(Model):
     # `state`: in the state store (SQLite, or PostgreSQL shared by several instances);
     # redis://host:6379/0 or rediss://...: in Redis (see docs/cluster.md).
-    store: Annotated[str, AfterValidator(_session_store)] = "state"
+    store: Annotated[
+        str,
+        AfterValidator(_session_store),
+        Field(json_schema_extra={"pattern": "^(state|[Rr][Ee][Dd][Ii][Ss][Ss]?://.+)$"}),
+    ] = "state"
     password_file: str | None = None  # Redis AUTH password, read at start (relative: config dir)
     ca_file: str | None = None  # rediss://: CA bundle for the server's certificate (else system)
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "gateway:"

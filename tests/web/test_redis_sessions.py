@@ -36,7 +36,7 @@ def _files(tmp_path, backend_url: str, store_url: str, prefix: str):  # type: ig
 
 @pytest.fixture
 async def backend():
-    app, hits = counting_echo()
+    app, _hits = counting_echo()
     async with serve(app) as url:
         yield url
 
