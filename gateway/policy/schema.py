@@ -24,6 +24,8 @@ from pydantic import (
 
 from gateway.policy.ipset import NOT_A_NETWORK, parse_entry
 
+# Ten years: far beyond any sensible timeout or ban, and far below what overflows a date.
+MAX_DURATION = 10 * 365 * 86400.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 HTTP_METHODS = frozenset(
@@ -35,11 +37,15 @@ def _duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 30s, 10m, 12h or 7d, got {value!r}")
     if isinstance(value, int | float):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"expected a duration like 30s, 10m, 12h or 7d, got {value!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+        seconds = float(value) if abs(value) <= MAX_DURATION else float("inf")
+    else:
+        match = _DURATION.match(str(value)[:64])
+        if not match:
+            raise ValueError(f"expected a duration like 30s, 10m, 12h or 7d, got {value!r}"[:160])
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION:
+        raise ValueError("a duration can be at most 10 years (3650d)")
+    return seconds
 
 
 def _network(value: object) -> str:
@@ -99,7 +105,9 @@ _DURATION_JSON = {
 }
 _NETWORK_JSON = {"type": "string", "description": "an IP address or CIDR network"}
 
-Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0), WithJsonSchema(_DURATION_JSON)]
+Duration = Annotated[
+    float, BeforeValidator(_duration), Field(ge=0, le=MAX_DURATION), WithJsonSchema(_DURATION_JSON)
+]
 Network = Annotated[str, BeforeValidator(_network), WithJsonSchema(_NETWORK_JSON)]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
 Methods = Annotated[tuple[str, ...], AfterValidator(_methods)]
@@ -304,7 +312,10 @@ class AppPolicy(Model):
 
 
 class LoginRegulation(Model):
-    max_failures: int = Field(5, ge=1)
+    max_failures: int = Field(5, ge=1, le=10_000)
+    # Per client address; None = 4 x max_failures, so one person's typos behind an office NAT
+    # do not lock out the office.
+    ip_max_failures: int | None = Field(None, ge=1, le=100_000)
     window: Duration = 600.0
     ban: Duration = 900.0
 

@@ -11,46 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.policy.schema import LoginRegulation
 from gateway.policy.snapshot import User
-from gateway.services import passwords, totp
+from gateway.services import passwords, regulation, totp
 from gateway.services.secret_key import Sealer, SealError
 from gateway.services.session_store import SessionStore
 from gateway.services.store import StateStore
 
-
-def subjects(user: str | None, client_ip: str | None) -> list[str]:
-    """Failures are counted per user and per client IP (PRODUCT.md login_regulation)."""
-    out = []
-    if user:
-        out.append(f"user:{user}")
-    if client_ip:
-        out.append(f"ip:{client_ip}")
-    return out
-
-
-async def banned_until(store: StateStore, keys: list[str], now: float) -> float | None:
-    until = [u for u in [await store.ban_get(k) for k in keys] if u is not None and u > now]
-    return max(until) if until else None
-
-
-async def register_failure(
-    store: StateStore, rules: LoginRegulation, keys: list[str], now: float
-) -> list[str]:
-    """Count one failure for every subject; returns the subjects this failure got banned."""
-    banned = []
-    for key in keys:
-        await store.login_failure_add(key, now)
-        if await store.login_failures_since(key, now - rules.window) >= rules.max_failures:
-            await store.ban_set(key, now + rules.ban)
-            banned.append(key)
-    return banned
+# Runs CPU-heavy hashing off the event loop: asyncio.to_thread, or the sign-in guard's fair pool.
+HashRunner = Callable[..., Awaitable[Any]]
 
 
 async def unlock(store: StateStore, user: str) -> None:
-    await store.login_state_clear(f"user:{user}")
+    """Forget the user's failures and lift their ban (any address bans stay)."""
+    await store.login_state_clear(regulation.user_subject(user))
+
+
+async def unlock_ip(store: StateStore, client_ip: str) -> str:
+    """Forget the address's failures and lift its ban; returns the subject lifted."""
+    subject = regulation.ip_subject(client_ip)
+    await store.login_state_clear(subject)
+    return subject
 
 
 # -- passwords ---------------------------------------------------------------------------------
@@ -63,10 +48,12 @@ async def password_hash_in_force(store: StateStore, user: User) -> str:
     return user.password_hash
 
 
-async def check_password(store: StateStore, user: User | None, password: str) -> bool:
+async def check_password(
+    store: StateStore, user: User | None, password: str, hashing: HashRunner = asyncio.to_thread
+) -> bool:
     """Unknown users cost an argon2 verification too, so both answers take about as long."""
     hash_ = await password_hash_in_force(store, user) if user is not None else None
-    return await asyncio.to_thread(passwords.verify_password_or_dummy, hash_, password)
+    return await hashing(passwords.verify_password_or_dummy, hash_, password)
 
 
 async def password_changed_at(store: StateStore, user: User, now: float) -> float:
@@ -89,7 +76,7 @@ async def must_change_password(store: StateStore, user: User, now: float) -> str
 
 
 async def change_password(
-    store: StateStore, user: User, new: str, now: float
+    store: StateStore, user: User, new: str, now: float, hashing: HashRunner = asyncio.to_thread
 ) -> list[passwords.Violation]:
     """Check the new password against the user's effective rules; store it if it passes."""
     rules = user.password_rules
@@ -99,18 +86,20 @@ async def change_password(
         # The store's history holds only passwords set at run time; the users.yaml one was in
         # force before them and is one of the last N as well.
         history.append(user.password_hash)
-    violations = await asyncio.to_thread(
-        passwords.check_new_password,
-        rules,
-        new,
-        username=user.name,
-        email=user.email,
-        history_hashes=history,
-        current_hash=current,
+    violations = await hashing(
+        functools.partial(
+            passwords.check_new_password,
+            rules,
+            new,
+            username=user.name,
+            email=user.email,
+            history_hashes=history,
+            current_hash=current,
+        )
     )
     if violations:
         return violations
-    new_hash = await asyncio.to_thread(passwords.hash_password, new)
+    new_hash = await hashing(passwords.hash_password, new)
     await store.password_set(user.name, new_hash, user.password_hash, now)
     return []
 
@@ -151,6 +140,18 @@ async def enroll(
     return await new_recovery_codes(store, user, now)
 
 
+async def replace_authenticator(
+    store: StateStore, sealer: Sealer, user: str, secret: str, code: str, now: float
+) -> bool:
+    """Move to a new phone: the new secret replaces the old one only once its code matches."""
+    step = totp.matching_step(secret, code, now)
+    if step is None:
+        return False
+    await store.totp_set(user, sealer.seal(secret.encode(), user.encode()), now)
+    await store.totp_claim_step(user, step)  # the confirming code cannot sign in again
+    return True
+
+
 async def new_recovery_codes(store: StateStore, user: str, now: float) -> list[str]:
     codes = totp.new_recovery_codes()
     hashes = await asyncio.to_thread(lambda: [totp.hash_recovery_code(c) for c in codes])
@@ -167,7 +168,12 @@ class SecondFactor:
 
 
 async def verify_second_factor(
-    store: StateStore, sealer: Sealer, user: str, code: str, now: float
+    store: StateStore,
+    sealer: Sealer,
+    user: str,
+    code: str,
+    now: float,
+    hashing: HashRunner = asyncio.to_thread,
 ) -> SecondFactor:
     """A TOTP code (each accepted at most once, across processes) or an unused recovery code."""
     record = await store.totp_get(user)
@@ -187,7 +193,7 @@ async def verify_second_factor(
         return SecondFactor(False)
     unused = [r for r in await store.recovery_codes(user) if r.used_at is None]
     hashes = [r.code_hash for r in unused]
-    index = await asyncio.to_thread(totp.matching_recovery_code, code, hashes)
+    index = await hashing(totp.matching_recovery_code, code, hashes)
     if index is None or not await store.recovery_code_use(user, unused[index].id, now):
         return SecondFactor(False)
     return SecondFactor(True, "recovery_code", len(unused) - 1)

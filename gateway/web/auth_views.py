@@ -12,15 +12,19 @@ gateway, and no other gateway page, is reachable before `done`.
 
 from __future__ import annotations
 
+import functools
+import math
 import time
+from collections.abc import Callable
 from html import escape
 
 from aiohttp import web
 from aiohttp_session import Session, get_session
 
 from gateway.context import RequestContext, context_of
+from gateway.policy.schema import LoginRegulation
 from gateway.policy.snapshot import User
-from gateway.services import accounts, totp
+from gateway.services import accounts, regulation, totp
 from gateway.services.passwords import PasswordRules
 from gateway.web import forms
 from gateway.web.html import page
@@ -36,6 +40,8 @@ from gateway.web.sessions import (
 
 SEALER_PURPOSE = "totp-secrets"
 PENDING_SECRET = "pending_totp"  # noqa: S105 - a session key name, not a secret
+MOVING_PHONE = "moving_phone"  # when a current code opened "Move to a new phone"
+MOVE_WINDOW = 600.0  # seconds a checked code keeps the move open
 
 
 def _services(request: web.Request) -> Services:
@@ -80,6 +86,38 @@ async def _session_user(request: web.Request, stages: set[str]) -> tuple[Session
     if session.get("pwv") != password_version(user):
         return None
     return session, user
+
+
+def _hashing(request: web.Request, ctx: RequestContext) -> accounts.HashRunner:
+    """Hashing for this request, on the guard's pool, queued behind its own client address."""
+    return functools.partial(_services(request).signin.hash_work, ctx.client_ip)
+
+
+def _minutes(seconds: float) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def _failure_message(first: str, attempt: regulation.Attempt, rules: LoginRegulation) -> str:
+    """What a failed attempt says: how many remain, or that sign-in is now paused."""
+    if attempt.banned:
+        return f"{first} Too many failed attempts: sign-in is paused for {_minutes(rules.ban)}."
+    left = attempt.remaining
+    return f"{first} {left} attempt{'s' if left != 1 else ''} left before sign-in is paused."
+
+
+def _too_many(
+    render: Callable[[str, int], web.Response], refused: regulation.Refused, now: float
+) -> web.Response:
+    if refused.banned_until is not None:
+        wait = refused.banned_until - now
+        message = f"Too many failed attempts. Try again in {_minutes(wait)}."
+    else:
+        wait = 60.0
+        message = "Too many sign-in attempts at once. Try again in a minute."
+    response = render(message, 429)
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
 
 
 def _back_to_login(ctx: RequestContext) -> web.HTTPFound:
@@ -149,7 +187,6 @@ async def login(request: web.Request) -> web.StreamResponse:
     next_ = safe_next(str(form.get("next", "")), ctx.snapshot.prefix)
     now = time.time()
     user = ctx.snapshot.users.get(username)
-    keys = accounts.subjects(username if user else None, ctx.client_ip)
     rules = ctx.snapshot.policy.login_regulation
 
     def again(error: str, status: int) -> web.Response:
@@ -158,20 +195,31 @@ async def login(request: web.Request) -> web.StreamResponse:
             status,
         )
 
-    until = await accounts.banned_until(services.store, keys, now)
-    if until is not None:
+    try:
+        async with services.signin.attempt(
+            services.store, rules, username, ctx.client_ip, now
+        ) as attempt:
+            # Unknown names cost a (dummy) hash too: the answer's timing does not tell.
+            ok = await accounts.check_password(
+                services.store, user, password, _hashing(request, ctx)
+            )
+            if ok and user is not None:
+                await attempt.succeeded()
+            else:
+                banned = await attempt.failed()
+    except regulation.Refused as refused:
+        # Known and unknown names answer alike: a ban must not tell whether the user exists.
+        services.metrics.logins.labels("banned").inc()
         audit(
             request,
             "login.banned",
             principal=user.name if user else None,
             decision="deny:too_many_attempts",
-            until=round(until),
+            until=round(refused.banned_until) if refused.banned_until else None,
         )
-        minutes = max(1, round((until - now) / 60))
-        return again(f"Too many failed attempts. Try again in {minutes} minutes.", 429)
+        return _too_many(again, refused, now)
 
-    if not await accounts.check_password(services.store, user, password) or user is None:
-        banned = await accounts.register_failure(services.store, rules, keys, now)
+    if not ok or user is None:
         services.metrics.logins.labels("failure").inc()
         audit(
             request,
@@ -180,6 +228,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             decision="deny:unauthenticated",
             reason="wrong username or password",
             known_user=user is not None,
+            remaining=attempt.remaining,
         )
         if banned:
             audit(
@@ -187,9 +236,9 @@ async def login(request: web.Request) -> web.StreamResponse:
                 "login.banned",
                 principal=user.name if user else None,
                 decision="deny:too_many_attempts",
-                subjects=[b.split(":")[0] for b in banned],
+                subjects=banned,
             )
-        return again("Wrong username or password.", 401)
+        return again(_failure_message("Wrong username or password.", attempt, rules), 401)
 
     session = await fresh_session(request)
     session.update(
@@ -253,24 +302,31 @@ async def verify(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     code = str(form.get("code", ""))[:64]
     now = time.time()
-    keys = accounts.subjects(user.name, ctx.client_ip)
-    if await accounts.banned_until(services.store, keys, now) is not None:
+    rules = ctx.snapshot.policy.login_regulation
+    try:
+        async with services.signin.attempt(
+            services.store, rules, user.name, ctx.client_ip, now
+        ) as attempt:
+            result = await accounts.verify_second_factor(
+                services.store, _sealer(request), user.name, code, now, _hashing(request, ctx)
+            )
+            if result.ok:
+                await attempt.succeeded()
+            else:
+                await attempt.failed()
+    except regulation.Refused:
+        services.metrics.logins.labels("banned").inc()
         return _banned_out(request, session, user.name)
-    result = await accounts.verify_second_factor(
-        services.store, _sealer(request), user.name, code, now
-    )
     if not result.ok:
-        banned = await accounts.register_failure(
-            services.store, ctx.snapshot.policy.login_regulation, keys, now
-        )
         audit(
             request,
             "totp.failure",
             principal=user.name,
             decision="deny:unauthenticated",
             replayed=result.replayed or None,
+            remaining=attempt.remaining,
         )
-        if banned:
+        if attempt.banned:
             return _banned_out(request, session, user.name)
         error = (
             "That code was already used. Wait for the next one."
@@ -279,7 +335,10 @@ async def verify(request: web.Request) -> web.StreamResponse:
         )
         return _html(
             forms.verify(
-                action, services.csrf.field(request), error, logout=_logout_footer(request, ctx)
+                action,
+                services.csrf.field(request),
+                _failure_message(error, attempt, rules),
+                logout=_logout_footer(request, ctx),
             ),
             401,
         )
@@ -317,12 +376,22 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise _back_to_login(ctx)
     session, user = found
+    moving = False
     if await accounts.enrolled(services.store, user.name):
-        if session["stage"] == "done":
+        opened = session.get(MOVING_PHONE)
+        moving = (
+            session["stage"] == "done"
+            and isinstance(opened, int | float)
+            and 0 <= time.time() - opened < MOVE_WINDOW
+        )
+        if not moving and session["stage"] == "done":
+            session.pop(MOVING_PHONE, None)
             raise web.HTTPFound(_url(ctx, "account"))
-        # Enrolled since this interstitial began (elsewhere, or here already): a password-only
-        # session must not replace the authenticator; advance() asks for a code instead.
-        return await advance(request, session, user)
+        if not moving:
+            # Enrolled since this interstitial began (elsewhere, or here already): a
+            # password-only session must not replace the authenticator; advance() asks for a
+            # code instead.
+            return await advance(request, session, user)
     sealer = _sealer(request)
     pending = session.get(PENDING_SECRET)
     secret = accounts.open_secret(sealer, user.name, pending) if pending else None
@@ -346,6 +415,8 @@ async def enroll(request: web.Request) -> web.StreamResponse:
                 required=user.requires_2fa,
                 error=error,
                 logout=_logout_footer(request, ctx),
+                moving=moving,
+                back=_url(ctx, "account") if moving else "",
             ),
             status,
         )
@@ -353,6 +424,20 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     if request.method in ("GET", "HEAD"):
         return render()
     form = await request.post()
+    if moving:
+        code = str(form.get("code", ""))[:64]
+        if not await accounts.replace_authenticator(
+            services.store, sealer, user.name, secret, code, time.time()
+        ):
+            return render(
+                "That code does not match. Check the time on your new phone and try again.", 401
+            )
+        session.pop(PENDING_SECRET, None)
+        session.pop(MOVING_PHONE, None)
+        session["auth"] = "password+totp"
+        audit(request, "totp.enrolled", principal=user.name, decision="allow", moved=True)
+        session["notice"] = "Your new phone is set up. Codes from the old phone no longer work."
+        raise web.HTTPFound(_url(ctx, "account"))
     try:
         codes = await accounts.enroll(
             services.store,
@@ -429,8 +514,19 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     new = str(form.get("new_password", ""))
     confirm = str(form.get("new_password_confirm", ""))
     now = time.time()
-    keys = accounts.subjects(user.name, ctx.client_ip)
-    if await accounts.banned_until(services.store, keys, now) is not None:
+    rules = ctx.snapshot.policy.login_regulation
+    try:
+        async with services.signin.attempt(
+            services.store, rules, user.name, ctx.client_ip, now
+        ) as attempt:
+            ok = await accounts.check_password(
+                services.store, user, current, _hashing(request, ctx)
+            )
+            if ok:
+                await attempt.succeeded()
+            else:
+                await attempt.failed()
+    except regulation.Refused:
         audit(
             request,
             "login.banned",
@@ -439,18 +535,16 @@ async def change_password(request: web.Request) -> web.StreamResponse:
             page="password",
         )
         return render(["Too many failed attempts. Try again later."], status=429)
-    if not await accounts.check_password(services.store, user, current):
-        banned = await accounts.register_failure(
-            services.store, ctx.snapshot.policy.login_regulation, keys, now
-        )
+    if not ok:
         audit(
             request,
             "login.failure",
             principal=user.name,
             decision="deny:unauthenticated",
             reason="wrong current password on the password page",
+            remaining=attempt.remaining,
         )
-        if banned:
+        if attempt.banned:
             audit(
                 request,
                 "login.banned",
@@ -458,10 +552,13 @@ async def change_password(request: web.Request) -> web.StreamResponse:
                 decision="deny:too_many_attempts",
                 page="password",
             )
-        return render(["Your current password is not correct."], status=400)
+        message = _failure_message("Your current password is not correct.", attempt, rules)
+        return render([message], status=400)
     if new != confirm:
         return render(["The two new passwords are not the same."], status=400)
-    violations = await accounts.change_password(services.store, user, new, time.time())
+    violations = await accounts.change_password(
+        services.store, user, new, time.time(), _hashing(request, ctx)
+    )
     if violations:
         return render([v.message for v in violations], status=400)
     audit(request, "password.changed", principal=user.name, decision="allow", forced=forced or None)
@@ -485,74 +582,90 @@ async def account(request: web.Request) -> web.StreamResponse:
         form = await request.post()
         action = str(form.get("action", ""))
         code = str(form.get("code", ""))[:64]
-        if action in ("regenerate_codes", "disable_2fa", "reenroll_2fa"):
-            keys = accounts.subjects(user.name, ctx.client_ip)
-            if action == "disable_2fa" and user.requires_2fa:
-                error = "Your organisation requires two-factor authentication; it cannot be off."
-            elif await accounts.banned_until(services.store, keys, time.time()) is not None:
+        if action == "disable_2fa" and user.requires_2fa:
+            error = "Your organisation requires two-factor authentication; it cannot be off."
+        elif action in ("regenerate_codes", "disable_2fa", "reenroll_2fa"):
+            # Wrong codes count here as on the code prompt, or a stolen session could guess
+            # its way to replacing the authenticator.
+            error = await _check_current_code(request, ctx, user, code)
+            if error is not None:
+                pass
+            elif action == "regenerate_codes":
+                codes = await accounts.new_recovery_codes(services.store, user.name, time.time())
                 audit(
                     request,
-                    "login.banned",
+                    "totp.recovery_codes_regenerated",
                     principal=user.name,
-                    decision="deny:too_many_attempts",
-                    page="account",
+                    decision="allow",
                 )
-                error = "Too many failed attempts. Try again later."
+                return _html(forms.recovery_codes(codes, _url(ctx, "account"), regenerated=True))
+            elif action == "reenroll_2fa":
+                # The old authenticator stays until the new one is confirmed (PRODUCT.md 9):
+                # the code just checked only opens the move, for a few minutes.
+                session[MOVING_PHONE] = time.time()
+                session.pop(PENDING_SECRET, None)
+                raise web.HTTPFound(_url(ctx, "2fa/enroll"))
             else:
-                result = await accounts.verify_second_factor(
-                    services.store, _sealer(request), user.name, code, time.time()
+                await services.store.totp_delete(user.name)
+                audit(
+                    request,
+                    "totp.reset",
+                    principal=user.name,
+                    decision="allow",
+                    by="user",
                 )
-                if not result.ok:
-                    # Wrong codes count here as on the code prompt, or a stolen session could
-                    # guess its way to replacing the authenticator.
-                    banned = await accounts.register_failure(
-                        services.store, ctx.snapshot.policy.login_regulation, keys, time.time()
-                    )
-                    audit(
-                        request,
-                        "totp.failure",
-                        principal=user.name,
-                        decision="deny:unauthenticated",
-                        page="account",
-                    )
-                    if banned:
-                        audit(
-                            request,
-                            "login.banned",
-                            principal=user.name,
-                            decision="deny:too_many_attempts",
-                            page="account",
-                        )
-                    error = "That code is not valid. Enter a current code from your app."
-                elif action == "regenerate_codes":
-                    codes = await accounts.new_recovery_codes(
-                        services.store, user.name, time.time()
-                    )
-                    audit(
-                        request,
-                        "totp.recovery_codes_regenerated",
-                        principal=user.name,
-                        decision="allow",
-                    )
-                    return _html(
-                        forms.recovery_codes(codes, _url(ctx, "account"), regenerated=True)
-                    )
-                else:
-                    await services.store.totp_delete(user.name)
-                    audit(
-                        request,
-                        "totp.reset",
-                        principal=user.name,
-                        decision="allow",
-                        by="user",
-                        reenroll=action == "reenroll_2fa",
-                    )
-                    if action == "reenroll_2fa":
-                        raise web.HTTPFound(_url(ctx, "2fa/enroll"))
-                    session["auth"] = "password"
-                    notice = "Two-factor authentication is off."
+                session["auth"] = "password"
+                notice = "Two-factor authentication is off."
     notice = notice or session.pop("notice", None)
     return _html(await _account_page(request, ctx, user, error, notice))
+
+
+async def _check_current_code(
+    request: web.Request, ctx: RequestContext, user: User, code: str
+) -> str | None:
+    """Check a current TOTP or recovery code as one regulated attempt; None when it is right."""
+    services = _services(request)
+    rules = ctx.snapshot.policy.login_regulation
+    now = time.time()
+    try:
+        async with services.signin.attempt(
+            services.store, rules, user.name, ctx.client_ip, now
+        ) as attempt:
+            result = await accounts.verify_second_factor(
+                services.store, _sealer(request), user.name, code, now, _hashing(request, ctx)
+            )
+            if result.ok:
+                await attempt.succeeded()
+                return None
+            await attempt.failed()
+    except regulation.Refused:
+        audit(
+            request,
+            "login.banned",
+            principal=user.name,
+            decision="deny:too_many_attempts",
+            page="account",
+        )
+        return "Too many failed attempts. Try again later."
+    audit(
+        request,
+        "totp.failure",
+        principal=user.name,
+        decision="deny:unauthenticated",
+        page="account",
+        remaining=attempt.remaining,
+    )
+    if attempt.banned:
+        audit(
+            request,
+            "login.banned",
+            principal=user.name,
+            decision="deny:too_many_attempts",
+            page="account",
+        )
+    return _failure_message(
+        "That code is not valid. Enter a current code from your app.", attempt, rules
+    )
 
 
 async def _account_page(

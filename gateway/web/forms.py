@@ -65,14 +65,28 @@ def enroll(
     required: bool,
     error: str | None = None,
     logout: str = "",
+    moving: bool = False,
+    back: str = "",
 ) -> str:
     grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
-    why = (
-        "Your organisation requires two-factor authentication. Set it up to continue."
-        if required
-        else "Add an extra step to your sign-in."
+    if moving:
+        title, button = "Move to a new phone", "Confirm the new phone"
+        why = (
+            "Set up the authenticator app on your new phone. Your current phone keeps working "
+            "until you confirm the new one here; after that, only the new phone's codes work. "
+            "Your recovery codes stay the same."
+        )
+    else:
+        title, button = "Set up two-factor authentication", "Confirm and turn on"
+        why = (
+            "Your organisation requires two-factor authentication. Set it up to continue."
+            if required
+            else "Add an extra step to your sign-in."
+        )
+    cancel = (
+        f'<p><a href="{escape(back)}">Cancel and keep your current phone</a></p>' if back else ""
     )
-    body = f"""<h1>Set up two-factor authentication</h1>{_alert(error)}
+    body = f"""<h1>{escape(title)}</h1>{_alert(error)}
 <p>{escape(why)}</p>
 <ol>
 <li>Open an authenticator app (Google Authenticator, Authy, 1Password, ...) and scan this code.
@@ -88,8 +102,8 @@ On your phone you can also <a href="{escape(uri)}">open it in your authenticator
 <label for="code">Code from the app</label>
 <input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric"
  autocapitalize="none" spellcheck="false" required>
-<button type="submit">Confirm and turn on</button></form>"""
-    return page("Set up two-factor authentication", body, footer=logout)
+<button type="submit">{escape(button)}</button></form>{cancel}"""
+    return page(title, body, footer=logout)
 
 
 def recovery_codes(codes: Sequence[str], continue_to: str, *, regenerated: bool = False) -> str:

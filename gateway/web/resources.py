@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.policy.source import PolicyHolder
 from gateway.services.metrics import Metrics
+from gateway.services.regulation import SignInGuard
 from gateway.services.secret_key import SecretKey
 from gateway.services.session_store import SessionStore
 from gateway.services.signing import KeyRing
@@ -34,6 +35,7 @@ class Services:
     csrf: Csrf
     pages: Pages
     started_at: float
+    signin: SignInGuard = field(default_factory=SignInGuard)  # attempts in flight, hashing
     ready: bool = False
     problems: list[str] = field(default_factory=list)  # why not ready, for readyz
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import (
+    AttemptLimit,
+    AttemptReservation,
     AuditHead,
     PasswordRecord,
     RecoveryCodeRecord,
@@ -24,6 +26,8 @@ from .url import ACCEPTED_FORMS, PostgresTarget, SqliteTarget, parse_store_url
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "AttemptLimit",
+    "AttemptReservation",
     "AuditHead",
     "PasswordRecord",
     "RecoveryCodeRecord",

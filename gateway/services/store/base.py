@@ -112,6 +112,34 @@ class PasswordRecord:
     must_change: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptLimit:
+    """How many failed sign-in attempts `subject` ("user:alice", "ip:203.0.113.9") may make."""
+
+    subject: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptReservation:
+    """The answer to `login_attempt_reserve`.
+
+    Granted: `ids` are the failures recorded ahead of the check (one per subject), `remaining`
+    how many more failures the tightest subject allows after this one. Refused: `refused_by`
+    names the subject, `banned_until` is set when a ban refused it (else its allowance is used
+    up by attempts still in flight).
+    """
+
+    ids: tuple[int, ...] = ()
+    remaining: int = 0
+    refused_by: str | None = None
+    banned_until: float | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.refused_by is None
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """What the gateway keeps between requests and shares between worker processes."""
@@ -180,6 +208,30 @@ class StateStore(Protocol):
 
     async def login_failures_purge(self, before: float) -> int:
         """Delete failures before `before` and bans that ended before it; returns rows deleted."""
+
+    async def login_attempt_reserve(
+        self, limits: list[AttemptLimit], at: float, since: float
+    ) -> AttemptReservation:
+        """Reserve one attempt before the credential is checked: atomic across processes.
+
+        Refused when a subject is banned at `at`, or when its failures at or after `since` (and
+        after its last ban ended), counting the reserved attempts still in flight, already reach
+        its limit. Otherwise one failure per subject is recorded at `at`, ahead of the check, so
+        a burst of concurrent guesses gets no more tries than a sequence would.
+        """
+
+    async def login_attempt_release(self, ids: tuple[int, ...]) -> None:
+        """The reserved attempt succeeded: forget the failures recorded for it."""
+
+    async def login_attempt_failed(
+        self, limits: list[AttemptLimit], at: float, since: float, ban_until: float
+    ) -> list[str]:
+        """The reserved attempt failed (its failures stay). Bans, until `ban_until`, every
+        subject not banned yet whose failures (counted as for the reservation) reached its
+        limit; returns those subjects."""
+
+    async def login_bans_active(self, now: float) -> dict[str, float]:
+        """Every subject banned at `now`, with the end of its ban."""
 
     # -- audit chain heads -------------------------------------------------------------------
 

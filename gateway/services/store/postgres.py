@@ -19,6 +19,8 @@ from typing import Any
 import asyncpg
 
 from .base import (
+    AttemptLimit,
+    AttemptReservation,
     AuditHead,
     PasswordRecord,
     RecoveryCodeRecord,
@@ -81,6 +83,14 @@ LOGIN_FAILURES_CLEAR = "DELETE FROM login_failures WHERE subject = $1"
 BAN_CLEAR = "DELETE FROM login_bans WHERE subject = $1"
 LOGIN_FAILURES_PURGE = "DELETE FROM login_failures WHERE at < $1"
 BANS_PURGE = "DELETE FROM login_bans WHERE until < $1"
+LOGIN_FAILURE_ADD_RETURNING_ID = (
+    "INSERT INTO login_failures (subject, at) VALUES ($1, $2) RETURNING id"
+)
+LOGIN_FAILURES_DELETE = "DELETE FROM login_failures WHERE id = ANY($1::bigint[])"
+BANS_ACTIVE = "SELECT subject, until FROM login_bans WHERE until > $1 ORDER BY subject"
+# One transaction-scoped lock per subject serialises the count-then-insert of concurrent
+# attempts on every instance; subjects are locked in sorted order, so two never deadlock.
+SUBJECT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
 # -- audit chain heads ------------------------------------------------------------------------
 
@@ -353,6 +363,58 @@ class PostgresStore:
             failures = _count(await conn.execute(LOGIN_FAILURES_PURGE, before))
             bans = _count(await conn.execute(BANS_PURGE, before))
         return failures + bans
+
+    async def _attempt_state(
+        self, conn: asyncpg.Connection, subject: str, since: float
+    ) -> tuple[float | None, int]:
+        """The subject's ban end (or None) and its failures since `since` and since that end."""
+        until = await conn.fetchval(BAN_GET, subject)
+        start = since if until is None else max(since, until)
+        return until, int(await conn.fetchval(LOGIN_FAILURES_SINCE, subject, start))
+
+    async def _lock_subjects(self, conn: asyncpg.Connection, limits: list[AttemptLimit]) -> None:
+        for subject in sorted({item.subject for item in limits}):
+            await conn.execute(SUBJECT_LOCK, subject)
+
+    async def login_attempt_reserve(
+        self, limits: list[AttemptLimit], at: float, since: float
+    ) -> AttemptReservation:
+        async with self._write("login_attempt_reserve") as conn:
+            await self._lock_subjects(conn, limits)
+            remaining = []
+            for item in limits:
+                until, count = await self._attempt_state(conn, item.subject, since)
+                if until is not None and until > at:
+                    return AttemptReservation(refused_by=item.subject, banned_until=until)
+                if count >= item.limit:
+                    return AttemptReservation(refused_by=item.subject)
+                remaining.append(item.limit - count - 1)
+            ids = [
+                int(await conn.fetchval(LOGIN_FAILURE_ADD_RETURNING_ID, item.subject, at))
+                for item in limits
+            ]
+            return AttemptReservation(tuple(ids), min(remaining, default=0))
+
+    async def login_attempt_release(self, ids: tuple[int, ...]) -> None:
+        if ids:
+            await self._run("login_attempt_release", LOGIN_FAILURES_DELETE, list(ids))
+
+    async def login_attempt_failed(
+        self, limits: list[AttemptLimit], at: float, since: float, ban_until: float
+    ) -> list[str]:
+        banned = []
+        async with self._write("login_attempt_failed") as conn:
+            await self._lock_subjects(conn, limits)
+            for item in limits:
+                until, count = await self._attempt_state(conn, item.subject, since)
+                if (until is None or until <= at) and count >= item.limit:
+                    await conn.execute(BAN_SET, item.subject, ban_until)
+                    banned.append(item.subject)
+        return banned
+
+    async def login_bans_active(self, now: float) -> dict[str, float]:
+        rows = await self._rows("login_bans_active", BANS_ACTIVE, now)
+        return {row["subject"]: row["until"] for row in rows}
 
     # -- audit chain heads ------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from typing import Any
 import aiosqlite
 
 from .base import (
+    AttemptLimit,
+    AttemptReservation,
     AuditHead,
     PasswordRecord,
     RecoveryCodeRecord,
@@ -110,6 +112,8 @@ LOGIN_FAILURES_CLEAR = "DELETE FROM login_failures WHERE subject = ?"
 BAN_CLEAR = "DELETE FROM login_bans WHERE subject = ?"
 LOGIN_FAILURES_PURGE = "DELETE FROM login_failures WHERE at < ?"
 BANS_PURGE = "DELETE FROM login_bans WHERE until < ?"
+LOGIN_FAILURE_DELETE = "DELETE FROM login_failures WHERE id = ?"
+BANS_ACTIVE = "SELECT subject, until FROM login_bans WHERE until > ? ORDER BY subject"
 
 # -- audit chain heads ------------------------------------------------------------------------
 
@@ -382,6 +386,56 @@ class SqliteStore:
             failures = await conn.execute(LOGIN_FAILURES_PURGE, (before,))
             bans = await conn.execute(BANS_PURGE, (before,))
             return failures.rowcount + bans.rowcount
+
+    async def _attempt_state(
+        self, conn: aiosqlite.Connection, subject: str, since: float
+    ) -> tuple[float | None, int]:
+        """The subject's ban end (or None) and its failures since `since` and since that end."""
+        rows = await conn.execute_fetchall(BAN_GET, (subject,))
+        until = rows[0][0] if rows else None
+        start = since if until is None else max(since, until)
+        ((count,),) = await conn.execute_fetchall(LOGIN_FAILURES_SINCE, (subject, start))
+        return until, int(count)
+
+    async def login_attempt_reserve(
+        self, limits: list[AttemptLimit], at: float, since: float
+    ) -> AttemptReservation:
+        # BEGIN IMMEDIATE: the count and the insert happen under the one write lock of the file.
+        async with self._write("login_attempt_reserve") as conn:
+            remaining = []
+            for item in limits:
+                until, count = await self._attempt_state(conn, item.subject, since)
+                if until is not None and until > at:
+                    return AttemptReservation(refused_by=item.subject, banned_until=until)
+                if count >= item.limit:
+                    return AttemptReservation(refused_by=item.subject)
+                remaining.append(item.limit - count - 1)
+            ids = []
+            for item in limits:
+                cursor = await conn.execute(LOGIN_FAILURE_ADD, (item.subject, at))
+                ids.append(int(cursor.lastrowid or 0))
+                await cursor.close()
+            return AttemptReservation(tuple(ids), min(remaining, default=0))
+
+    async def login_attempt_release(self, ids: tuple[int, ...]) -> None:
+        if ids:
+            async with self._write("login_attempt_release") as conn:
+                await conn.executemany(LOGIN_FAILURE_DELETE, [(i,) for i in ids])
+
+    async def login_attempt_failed(
+        self, limits: list[AttemptLimit], at: float, since: float, ban_until: float
+    ) -> list[str]:
+        banned = []
+        async with self._write("login_attempt_failed") as conn:
+            for item in limits:
+                until, count = await self._attempt_state(conn, item.subject, since)
+                if (until is None or until <= at) and count >= item.limit:
+                    await conn.execute(BAN_SET, (item.subject, ban_until))
+                    banned.append(item.subject)
+        return banned
+
+    async def login_bans_active(self, now: float) -> dict[str, float]:
+        return {s: u for s, u in await self._rows("login_bans_active", BANS_ACTIVE, (now,))}
 
     # -- audit chain heads ------------------------------------------------------------------
 
