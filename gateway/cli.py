@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway import cli_schema
+from gateway import cli_schema, cli_signin
 from gateway.policy.source import LoadResult, load
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_WARNINGS = 0, 1, 2, 3
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     ]:
         a = user_sub.add_parser(action, parents=[common], help=text)
         a.add_argument("user")
+
+    cli_signin.add_parser(sub, common)
 
     audit = sub.add_parser("audit", parents=[common], help="the audit trail")
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -224,10 +226,13 @@ def cmd_user(args: argparse.Namespace) -> int:
         from gateway.services.session_store import open_session_store
 
         name = args.user
+        fields = {"principal": name, "surface": None, "decision": None, "by": "cli"}
+        if args.action == "unlock":  # failures are counted for any name, known or not
+            print(await cli_signin.unlock_user(store, name, audit, fields))
+            return EXIT_OK
         if name not in snapshot.users:
             print(f"no user {name!r} in {snapshot.paths.policies_dir}", file=sys.stderr)
             return EXIT_INVALID
-        fields = {"principal": name, "surface": None, "decision": None, "by": "cli"}
         # Redis connects lazily: opening it costs nothing for the actions that do not use it.
         sessions = open_session_store(snapshot.config.sessions, store, snapshot.paths.config_dir)
         try:
@@ -243,10 +248,6 @@ def cmd_user(args: argparse.Namespace) -> int:
                 f"{name}: authenticator removed, {revoked} session(s) ended; "
                 "they enroll again at their next sign-in"
             )
-        elif args.action == "unlock":
-            await accounts.unlock(store, name)
-            audit.record("login.unlocked", flush=True, **fields)
-            print(f"{name}: sign-in ban lifted")
         elif args.action == "revoke-sessions":
             revoked = await sessions.revoke_user(name)
             audit.record("session.revoked", flush=True, sessions_revoked=revoked, **fields)
@@ -338,6 +339,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "hash-password": cmd_hash_password,
     "apikey": cmd_apikey,
     "user": cmd_user,
+    "unlock": cli_signin.cmd_unlock,
     "audit": cmd_audit,
     "keys": cmd_keys,
     "demo": cmd_demo,

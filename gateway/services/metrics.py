@@ -14,9 +14,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
+
+# `*_created` series (one per label set, a timestamp) double the output and say nothing a
+# scraper needs; counters restart at zero with the process either way.
+disable_created_metrics()
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -53,7 +58,10 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.logins = Counter(
-            "gateway_logins_total", "Sign-in attempts by result.", ["result"], registry=r
+            "gateway_logins_total",
+            "Sign-in attempts by result (success, failure, banned).",
+            ["result"],
+            registry=r,
         )
         self._children: dict[tuple[str, str, str, str], object] = {}
         self._latency_children: dict[tuple[str, str], object] = {}

@@ -648,10 +648,27 @@ class TestLoginRegulation:
 
             done = await run_cli(files, "user", "unlock", "alice")
             assert done.returncode == 0, done.stderr
+            # It says what it lifted, and that the address ban still applies.
+            lines = done.stdout.splitlines()
+            assert lines[0] == "alice: sign-in ban lifted; 3 failed attempt(s) cleared"
+            assert "Still paused for every user signing in from these addresses" in lines[1]
+            assert lines[2].startswith("  127.0.0.2 until ")
+            assert lines[3] == "Lift one with: gateway unlock --ip ADDRESS"
             async with client("127.0.0.3") as http:
                 assert (await sign_in(http, gw, "alice", PASSWORD)).status == 302
             async with client("127.0.0.2") as http:  # the IP ban stays
                 assert (await sign_in(http, gw, "alice", PASSWORD)).status == 429
+
+            done = await run_cli(files, "unlock", "--ip", "127.0.0.2")
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == "127.0.0.2: sign-in ban lifted; 3 failed attempt(s) cleared\n"
+            async with client("127.0.0.2") as http:
+                assert (await sign_in(http, gw, "alice", PASSWORD)).status == 302
+            unlocked = await wait_for_audit(files, "login.unlocked", 2)
+            assert [r.get("address") for r in unlocked] == [None, "127.0.0.2"]
+
+            done = await run_cli(files, "unlock", "--ip", "not-an-address")
+            assert done.returncode == 2 and "not an IP address" in done.stderr
 
     async def test_ip_ban_across_user_names(self, tmp_path):
         files = gateway_files(tmp_path, users=quick_users(), security=REGULATION)

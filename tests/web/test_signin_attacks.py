@@ -159,3 +159,18 @@ class TestFairHashing:
             # Bob waited for at most the attacker's hash in progress and one more, not for the
             # eight hashes queued before him.
             assert finished.index("bob") <= 3, finished
+
+
+class TestMetrics:
+    """Refused (banned) attempts are counted; no `_created` series."""
+
+    async def test_banned_attempts_in_logins_total(self, tmp_path):
+        files = gateway_files(tmp_path, users=quick_users(), security=regulation(1))
+        async with running_gateway(files, watch_files=False) as gw, client("127.0.0.50") as http:
+            assert (await sign_in(http, gw, "alice", "bad")).status == 401
+            assert (await sign_in(http, gw, "alice", PASSWORD)).status == 429
+            assert (await sign_in(http, gw, "alice", PASSWORD)).status == 429
+            text = (await fetch(http, "GET", f"{gw.url}{PREFIX}/metrics")).text
+        assert 'gateway_logins_total{result="banned"} 2.0' in text
+        assert 'gateway_logins_total{result="failure"} 1.0' in text
+        assert "_created" not in text

@@ -511,3 +511,46 @@ class TestReplayAcrossProcesses:
                 loser = on_b if winner is on_a else on_a
                 assert (await fetch(winner, "GET", f"{url_a}/")).is_echo
                 assert not (await fetch(loser, "GET", f"{url_b}/")).is_echo
+
+
+class TestMoveToANewPhone:
+    """ "Move to a new phone" keeps the old authenticator until the new one is confirmed."""
+
+    async def test_old_phone_works_until_the_new_one_is_confirmed(self, tmp_path, backend):
+        async with two_factor_gateway(tmp_path, backend[0]) as gw:
+            async with client("127.0.0.2") as http:
+                old, recovery, _ = await enroll(http, gw)
+                reply = await post_form(
+                    http, gw, "account", {"action": "reenroll_2fa", "code": await totp_code(old, 1)}
+                )
+                assert (reply.status, reply.location) == (302, ENROLL)
+                page = Form((await fetch(http, "GET", f"{gw.url}{ENROLL}")).text)
+                assert "<h1>Move to a new phone</h1>" in page.text
+                assert "Your current phone keeps working until you confirm" in page.text
+                assert f"{PREFIX}/account" in page.links  # a way back that keeps the old phone
+                new = page.totp_secret
+                assert new and new != old
+
+                # Meanwhile whoever has the password still meets the old factor, never a
+                # fresh enrollment of their own.
+                async with client("127.0.0.3") as other:
+                    reply = await sign_in(other, gw)
+                    assert (reply.status, reply.location) == (302, VERIFY)
+                    assert (await submit_code(other, gw, recovery[0])).status in (200, 302)
+
+                done = await fetch(
+                    http,
+                    "POST",
+                    f"{gw.url}{ENROLL}",
+                    data={"code": await totp_code(new), "csrf_token": page.csrf},
+                )
+                assert (done.status, done.location) == (302, f"{PREFIX}/account")
+                account = await fetch(http, "GET", f"{gw.url}{PREFIX}/account")
+                assert "Codes from the old phone no longer work" in account.text
+
+            async with client("127.0.0.4") as http:
+                assert (await sign_in(http, gw)).location == VERIFY
+                assert (await submit_code(http, gw, await totp_code(old, 1))).status == 401
+                assert (await submit_code(http, gw, await totp_code(new, 1))).status == 302
+            moved = await wait_for_audit(gw.files, "totp.enrolled", 2, principal="alice")
+            assert moved[-1].get("moved") is True
