@@ -28,7 +28,7 @@ from gateway.services.secret_key import load_secret_key
 from gateway.services.session_store import open_session_store
 from gateway.services.signing import REFRESH_INTERVAL, KeyRing
 from gateway.services.store import open_store
-from gateway.web import auth_views, ops
+from gateway.web import auth_views, forward_auth, ops
 from gateway.web.csrf import Csrf
 from gateway.web.gate import entry
 from gateway.web.live_sockets import REVALIDATE_EVERY, LiveSockets
@@ -50,6 +50,8 @@ def build_pages() -> Pages:
     pages.add("jwks.json", ops.jwks, "open", ("GET",))
     pages.add("metrics", ops.metrics, "ops", ("GET",))
     auth_views.register(pages)
+    pages.add("authz/auth-request", forward_auth.auth_request, "proxy", forward_auth.METHODS)
+    pages.add("authz/forward-auth", forward_auth.forward_auth, "proxy", forward_auth.METHODS)
     return pages
 
 

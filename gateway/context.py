@@ -31,6 +31,7 @@ class RequestContext:
     decision: Decision | None = None
     mode: str = "full-proxy"  # or "forward-auth": another proxy asked for the decision
     method: str | None = None  # forward-auth: the described request's method (audit)
+    raw_path: str | None = None  # forward-auth: the described path as received (audit)
     monitored: list[str] = field(default_factory=list)  # would-be denials in monitor mode
     reasons: list[str] = field(default_factory=list)
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and benchmarks use: chromium (browser tests through Playwright),
 # oathtool (an independent TOTP implementation), wrk and nginx (bench/), promtool, systemd-analyze
-# and logrotate (checks of the operator's kit in deploy/). Installed only when missing.
+# and logrotate (checks of the operator's kit in deploy/), caddy (forward-auth tests; nginx-light
+# has the auth_request module they need too). Installed only when missing.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v oathtool >/dev/null || need+=(oathtool)
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
+command -v caddy >/dev/null || need+=(caddy)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v logrotate >/dev/null || need+=(logrotate)

@@ -16,6 +16,7 @@ from typing import Final
 from aiohttp import web
 
 from gateway.context import context_of
+from gateway.web.origin import public_host
 
 COOKIE: Final = "gateway_csrf"
 FIELD: Final = "csrf_token"
@@ -55,10 +56,13 @@ class Csrf:
 
     def valid(self, request: web.Request, submitted: str | None) -> bool:
         origin = request.headers.get("Origin")
-        if origin and origin != "null":
-            host = request.headers.get("Host", "")
-            if origin.split("://", 1)[-1].rstrip("/") != host:
-                return False
+        # The Origin names the site the form was on: ours, as the browser addressed it.
+        if (
+            origin
+            and origin != "null"
+            and origin.split("://", 1)[-1].rstrip("/") != public_host(request)
+        ):
+            return False
         cookie = request.cookies.get(COOKIE)
         if not cookie or not submitted:
             return False

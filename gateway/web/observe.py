@@ -82,7 +82,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:  # type:
             auth=ctx.auth,
             decision=decision,
             method=ctx.method or request.method,
-            path=ctx.path if ctx.path is not None else request.raw_path.split("?", 1)[0][:512],
+            path=ctx.path if ctx.path is not None else _raw_path(request, ctx),
             status=status,
             duration_ms=round(elapsed * 1000, 2),
             reasons=ctx.reasons or None,
@@ -92,6 +92,11 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:  # type:
         services.metrics.observe_request(
             ctx.surface or "gateway", app or "", decision, elapsed, ctx.mode
         )
+
+
+def _raw_path(request: web.Request, ctx: RequestContext) -> str:
+    """The path as received, for a request whose path could not be normalised."""
+    return (ctx.raw_path or request.raw_path.split("?", 1)[0])[:512]
 
 
 def _internal_error(request: web.Request, ctx: RequestContext) -> web.Response:

@@ -4,6 +4,7 @@ open       healthz, readyz, jwks.json: anyone who can reach the gateway
 ops        metrics: client IP in `ops_allow`
 dashboard  login, 2FA, account, admin: the dashboard surface and its allowlist; POSTs carry
            a CSRF token. The views themselves decide who is signed in far enough.
+proxy      authz/* (forward-auth): the TCP peer in `trusted_proxies`
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from aiohttp import web
 from gateway.context import RequestContext
 from gateway.policy import decide
 from gateway.web.errors import error_response
+from gateway.web.origin import from_trusted_proxy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Access = Literal["open", "ops", "dashboard"]
+Access = Literal["open", "ops", "dashboard", "proxy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,11 @@ class Pages:
             ip = ctx.client_addr
             if ip is None or not snapshot.ops_allow.contains(ip[1], ip[0]):
                 return deny(request, ctx, decide.deny(decide.IP_NOT_ALLOWED, "not in ops_allow"))
+        elif page.access == "proxy":
+            if not from_trusted_proxy(request, snapshot.trusted_proxies):
+                return deny(
+                    request, ctx, decide.deny(decide.FORBIDDEN, "the peer is not a trusted proxy")
+                )
         elif page.access == "dashboard":
             ctx.surface = "dashboard"
             verdict = check_surface(ctx)
