@@ -202,9 +202,13 @@ class Smtp(Model):
     host: str = "localhost"
     port: int = Field(25, ge=1, le=65535)
     sender: str = Field("gateway@localhost", alias="from")
-    starttls: bool = False
+    # none: plain SMTP (a local relay); starttls: upgrade after EHLO, refuse to go on without it;
+    # tls: TLS from the first byte (port 465).
+    security: Literal["none", "starttls", "tls"] = "none"
     username: str | None = None
-    password_file: str | None = None
+    password_file: str | None = None  # relative to gateway.yaml's folder; one line, read per send
+    ca_file: str | None = None  # else the system's CAs
+    timeout: Duration = 30.0
 
 
 class GeoIp(Model):
@@ -334,6 +338,7 @@ class TrustedLoginIp(Model):
 class Notifications(Model):
     enabled: bool = True
     recipients: Literal["admins"] = "admins"
+    coalesce: Duration = 600.0
 
 
 class Retention(Model):

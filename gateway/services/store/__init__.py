@@ -12,6 +12,8 @@ from .base import (
     AttemptLimit,
     AttemptReservation,
     AuditHead,
+    OutboxRecord,
+    OutboxStats,
     PasswordRecord,
     RecoveryCodeRecord,
     SessionRecord,
@@ -20,6 +22,7 @@ from .base import (
     StoreConflict,
     StoreError,
     StoreUnavailable,
+    SystemMessageRecord,
     TotpRecord,
 )
 from .url import ACCEPTED_FORMS, PostgresTarget, SqliteTarget, parse_store_url
@@ -29,6 +32,8 @@ __all__ = [
     "AttemptLimit",
     "AttemptReservation",
     "AuditHead",
+    "OutboxRecord",
+    "OutboxStats",
     "PasswordRecord",
     "RecoveryCodeRecord",
     "SessionRecord",
@@ -37,6 +42,7 @@ __all__ = [
     "StoreConflict",
     "StoreError",
     "StoreUnavailable",
+    "SystemMessageRecord",
     "TotpRecord",
     "open_store",
     "parse_store_url",

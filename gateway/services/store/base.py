@@ -140,6 +140,48 @@ class AttemptReservation:
         return self.refused_by is None
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One notification in the outbox (section 7.2); `state` is pending, sent or failed.
+
+    Rows sharing a `coalesce_key` that fall due together go out as one digest mail.
+    """
+
+    id: int
+    kind: str
+    coalesce_key: str | None
+    dedupe_key: str | None
+    recipients: list[str]
+    payload: dict[str, Any]
+    created_at: float
+    not_before: float
+    state: str
+    attempts: int
+    message_id: str | None
+    last_error: str | None
+    done_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """What the console, `gateway outbox` and the metrics show about the outbox."""
+
+    pending: int
+    failed: int
+    sent: int
+    oldest_pending_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SystemMessageRecord:
+    """A condition an operator must act on (section 7.3), in force since `since`."""
+
+    key: str
+    text: str
+    since: float
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """What the gateway keeps between requests and shares between worker processes."""
@@ -314,3 +356,74 @@ class StateStore(Protocol):
 
     async def meta_put(self, key: str, value: str) -> None:
         """Create or replace a small setting."""
+
+    # -- notification outbox (section 7.2) ---------------------------------------------------
+
+    async def outbox_add(
+        self,
+        kind: str,
+        recipients: list[str],
+        payload: dict[str, Any],
+        at: float,
+        *,
+        coalesce_key: str | None = None,
+        coalesce_window: float = 0.0,
+        dedupe_key: str | None = None,
+    ) -> int | None:
+        """Queue a notification; returns its id, or None when `dedupe_key` is already queued.
+
+        With a `coalesce_key`, the first row of a window is due at once and the rows that
+        follow within `coalesce_window` of it are due together at the window's end (one
+        digest); atomic across processes, so concurrent writers agree on the windows.
+        """
+
+    async def outbox_claim(self, owner: str, now: float, lease: float) -> list[OutboxRecord]:
+        """Lease the oldest due pending row and every due row sharing its coalesce key to
+        `owner` until `now + lease`; [] when nothing is due. Rows whose lease ran out are
+        due again. Atomic across processes: a row is leased to one owner at a time."""
+
+    async def outbox_retry(
+        self,
+        ids: list[int],
+        owner: str,
+        not_before: float,
+        error: str,
+        recipients: list[str] | None = None,
+    ) -> None:
+        """Give leased rows back for another attempt at `not_before` (attempts + 1), optionally
+        narrowed to the `recipients` still to reach. Rows leased to another owner stay as
+        they are."""
+
+    async def outbox_finish(
+        self,
+        ids: list[int],
+        owner: str,
+        state: str,
+        at: float,
+        message_id: str,
+        error: str | None = None,
+    ) -> int:
+        """Mark leased rows `sent` or `failed` (given up); returns how many were still leased
+        to `owner`."""
+
+    async def outbox_list(self, state: str, limit: int) -> list[OutboxRecord]:
+        """Rows in `state` (pending: oldest first; sent and failed: newest first)."""
+
+    async def outbox_stats(self) -> OutboxStats:
+        """Counts by state, the oldest pending row's time and the newest error of a pending row."""
+
+    async def outbox_purge(self, before: float) -> int:
+        """Delete sent and failed rows finished before `before`; returns how many."""
+
+    # -- system messages in force (section 7.3) ----------------------------------------------
+
+    async def system_message_raise(self, key: str, text: str, at: float) -> bool:
+        """Record the condition as in force; True only for the caller that found it absent
+        (that one mails it), also across processes. An existing row keeps its `since` and
+        takes the new text."""
+
+    async def system_message_clear(self, key: str) -> bool:
+        """Forget the condition; True if it was in force."""
+
+    async def system_messages(self) -> list[SystemMessageRecord]:
+        """Every condition in force, oldest first."""

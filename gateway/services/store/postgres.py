@@ -22,6 +22,8 @@ from .base import (
     AttemptLimit,
     AttemptReservation,
     AuditHead,
+    OutboxRecord,
+    OutboxStats,
     PasswordRecord,
     RecoveryCodeRecord,
     SessionRecord,
@@ -29,8 +31,10 @@ from .base import (
     StoreConflict,
     StoreError,
     StoreUnavailable,
+    SystemMessageRecord,
     TotpRecord,
 )
+from .outbox_rules import OUTBOX_STATES, coalesced_not_before
 from .schema import load_migrations, pending_migrations
 from .url import redact
 
@@ -165,6 +169,67 @@ META_GET = "SELECT value FROM meta WHERE key = $1"
 META_PUT = """
 INSERT INTO meta (key, value) VALUES ($1, $2)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+# -- notification outbox ----------------------------------------------------------------------
+
+# One claim at a time across instances, so a coalesced group is never split between two.
+OUTBOX_CLAIM_LOCK_KEY = 0x6761_7465_6F62_78  # "gateobx"
+OUTBOX_KEY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+OUTBOX_LAST_DUE = "SELECT MAX(not_before) FROM outbox WHERE coalesce_key = $1"
+OUTBOX_ADD = """
+INSERT INTO outbox (kind, coalesce_key, dedupe_key, recipients, payload, created_at, not_before)
+VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7)
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id"""
+OUTBOX_CLAIM_LOCK = "SELECT pg_advisory_xact_lock($1)"
+OUTBOX_NEXT_DUE = """
+SELECT id, coalesce_key FROM outbox
+WHERE state = 'pending' AND not_before <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+ORDER BY not_before, id LIMIT 1"""
+OUTBOX_CLAIM = """
+UPDATE outbox SET lease_owner = $1, lease_until = $2
+WHERE state = 'pending' AND not_before <= $3 AND (lease_until IS NULL OR lease_until <= $3)
+  AND (id = $4 OR coalesce_key = $5)
+RETURNING
+    id, kind, coalesce_key, dedupe_key, recipients::text AS recipients,
+    payload::text AS payload, created_at, not_before, state, attempts, message_id, last_error,
+    done_at"""
+OUTBOX_RETRY = """
+UPDATE outbox SET lease_owner = NULL, lease_until = NULL, attempts = attempts + 1,
+    not_before = $1, last_error = $2, recipients = COALESCE($3::jsonb, recipients)
+WHERE id = ANY($4::bigint[]) AND lease_owner = $5 AND state = 'pending'"""
+OUTBOX_FINISH = """
+UPDATE outbox SET lease_owner = NULL, lease_until = NULL, attempts = attempts + 1,
+    state = $1, done_at = $2, message_id = $3, last_error = COALESCE($4, last_error)
+WHERE id = ANY($5::bigint[]) AND lease_owner = $6 AND state = 'pending'"""
+OUTBOX_LIST_PENDING = """
+SELECT
+    id, kind, coalesce_key, dedupe_key, recipients::text AS recipients,
+    payload::text AS payload, created_at, not_before, state, attempts, message_id, last_error,
+    done_at
+FROM outbox WHERE state = $1 ORDER BY id LIMIT $2"""
+OUTBOX_LIST_DONE = """
+SELECT
+    id, kind, coalesce_key, dedupe_key, recipients::text AS recipients,
+    payload::text AS payload, created_at, not_before, state, attempts, message_id, last_error,
+    done_at
+FROM outbox WHERE state = $1 ORDER BY id DESC LIMIT $2"""
+OUTBOX_COUNTS = """
+SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox GROUP BY state"""
+OUTBOX_LAST_ERROR = """
+SELECT last_error FROM outbox WHERE state = 'pending' AND last_error IS NOT NULL
+ORDER BY id DESC LIMIT 1"""
+OUTBOX_PURGE = "DELETE FROM outbox WHERE state IN ('sent', 'failed') AND done_at < $1"
+
+# -- system messages --------------------------------------------------------------------------
+
+SYSTEM_MESSAGE_RAISE = """
+INSERT INTO system_messages (key, text, since) VALUES ($1, $2, $3)
+ON CONFLICT (key) DO NOTHING RETURNING key"""
+SYSTEM_MESSAGE_TEXT = "UPDATE system_messages SET text = $2 WHERE key = $1"
+SYSTEM_MESSAGE_CLEAR = "DELETE FROM system_messages WHERE key = $1"
+SYSTEM_MESSAGES = "SELECT key, text, since FROM system_messages ORDER BY since, key"
 
 
 def _dump_json(value: dict[str, Any]) -> str:
@@ -535,3 +600,124 @@ class PostgresStore:
 
     async def meta_put(self, key: str, value: str) -> None:
         await self._run("meta_put", META_PUT, key, value)
+
+    # -- notification outbox ----------------------------------------------------------------
+
+    @staticmethod
+    def _outbox_record(row: asyncpg.Record) -> OutboxRecord:
+        return OutboxRecord(
+            int(row["id"]),
+            row["kind"],
+            row["coalesce_key"],
+            row["dedupe_key"],
+            json.loads(row["recipients"]),
+            json.loads(row["payload"]),
+            row["created_at"],
+            row["not_before"],
+            row["state"],
+            int(row["attempts"]),
+            row["message_id"],
+            row["last_error"],
+            row["done_at"],
+        )
+
+    async def outbox_add(
+        self,
+        kind: str,
+        recipients: list[str],
+        payload: dict[str, Any],
+        at: float,
+        *,
+        coalesce_key: str | None = None,
+        coalesce_window: float = 0.0,
+        dedupe_key: str | None = None,
+    ) -> int | None:
+        async with self._write("outbox_add") as conn:
+            last = None
+            if coalesce_key is not None:
+                await conn.execute(OUTBOX_KEY_LOCK, coalesce_key)
+                last = await conn.fetchval(OUTBOX_LAST_DUE, coalesce_key)
+            not_before = coalesced_not_before(last, at, coalesce_window)
+            new_id = await conn.fetchval(
+                OUTBOX_ADD,
+                kind,
+                coalesce_key,
+                dedupe_key,
+                json.dumps(recipients),
+                _dump_json(payload),
+                at,
+                not_before,
+            )
+        return None if new_id is None else int(new_id)
+
+    async def outbox_claim(self, owner: str, now: float, lease: float) -> list[OutboxRecord]:
+        async with self._write("outbox_claim") as conn:
+            await conn.execute(OUTBOX_CLAIM_LOCK, OUTBOX_CLAIM_LOCK_KEY)
+            row = await conn.fetchrow(OUTBOX_NEXT_DUE, now)
+            if row is None:
+                return []
+            claimed = await conn.fetch(
+                OUTBOX_CLAIM, owner, now + lease, now, row["id"], row["coalesce_key"]
+            )
+        return sorted((self._outbox_record(r) for r in claimed), key=lambda r: r.id)
+
+    async def outbox_retry(
+        self,
+        ids: list[int],
+        owner: str,
+        not_before: float,
+        error: str,
+        recipients: list[str] | None = None,
+    ) -> None:
+        narrowed = None if recipients is None else json.dumps(recipients)
+        await self._run("outbox_retry", OUTBOX_RETRY, not_before, error, narrowed, ids, owner)
+
+    async def outbox_finish(
+        self,
+        ids: list[int],
+        owner: str,
+        state: str,
+        at: float,
+        message_id: str,
+        error: str | None = None,
+    ) -> int:
+        if state not in OUTBOX_STATES - {"pending"}:
+            raise ValueError(f"outbox_finish: state must be sent or failed, got {state!r}")
+        return await self._run(
+            "outbox_finish", OUTBOX_FINISH, state, at, message_id, error, ids, owner
+        )
+
+    async def outbox_list(self, state: str, limit: int) -> list[OutboxRecord]:
+        sql = OUTBOX_LIST_PENDING if state == "pending" else OUTBOX_LIST_DONE
+        return [self._outbox_record(r) for r in await self._rows("outbox_list", sql, state, limit)]
+
+    async def outbox_stats(self) -> OutboxStats:
+        counts = {r["state"]: r for r in await self._rows("outbox_stats", OUTBOX_COUNTS)}
+        error = await self._value("outbox_stats", OUTBOX_LAST_ERROR)
+        pending = counts.get("pending")
+        return OutboxStats(
+            pending=int(pending["n"]) if pending else 0,
+            failed=int(counts["failed"]["n"]) if "failed" in counts else 0,
+            sent=int(counts["sent"]["n"]) if "sent" in counts else 0,
+            oldest_pending_at=pending["oldest"] if pending else None,
+            last_error=error,
+        )
+
+    async def outbox_purge(self, before: float) -> int:
+        return await self._run("outbox_purge", OUTBOX_PURGE, before)
+
+    # -- system messages --------------------------------------------------------------------
+
+    async def system_message_raise(self, key: str, text: str, at: float) -> bool:
+        async with self._write("system_message_raise") as conn:
+            new = await conn.fetchval(SYSTEM_MESSAGE_RAISE, key, text, at) is not None
+            if not new:
+                await conn.execute(SYSTEM_MESSAGE_TEXT, key, text)
+        return new
+
+    async def system_message_clear(self, key: str) -> bool:
+        return await self._run("system_message_clear", SYSTEM_MESSAGE_CLEAR, key) == 1
+
+    async def system_messages(self) -> list[SystemMessageRecord]:
+        rows = await self._rows("system_messages", SYSTEM_MESSAGES)
+        return [SystemMessageRecord(r["key"], r["text"], r["since"]) for r in rows]

@@ -36,6 +36,8 @@ from .base import (
     AttemptLimit,
     AttemptReservation,
     AuditHead,
+    OutboxRecord,
+    OutboxStats,
     PasswordRecord,
     RecoveryCodeRecord,
     SessionRecord,
@@ -43,8 +45,10 @@ from .base import (
     StoreConflict,
     StoreError,
     StoreUnavailable,
+    SystemMessageRecord,
     TotpRecord,
 )
+from .outbox_rules import OUTBOX_STATES, coalesced_not_before
 from .schema import load_migrations, pending_migrations, split_sqlite_script
 from .url import MEMORY
 
@@ -180,6 +184,59 @@ META_GET = "SELECT value FROM meta WHERE key = ?"
 META_PUT = """
 INSERT INTO meta (key, value) VALUES (?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+# -- notification outbox ----------------------------------------------------------------------
+
+OUTBOX_LAST_DUE = "SELECT MAX(not_before) FROM outbox WHERE coalesce_key = ?"
+OUTBOX_ADD = """
+INSERT INTO outbox (kind, coalesce_key, dedupe_key, recipients, payload, created_at, not_before)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id"""
+OUTBOX_NEXT_DUE = """
+SELECT id, coalesce_key FROM outbox
+WHERE state = 'pending' AND not_before <= ? AND (lease_until IS NULL OR lease_until <= ?)
+ORDER BY not_before, id LIMIT 1"""
+OUTBOX_CLAIM = """
+UPDATE outbox SET lease_owner = ?, lease_until = ?
+WHERE state = 'pending' AND not_before <= ? AND (lease_until IS NULL OR lease_until <= ?)
+  AND (id = ? OR coalesce_key = ?)
+RETURNING
+    id, kind, coalesce_key, dedupe_key, recipients, payload, created_at, not_before,
+    state, attempts, message_id, last_error, done_at"""
+OUTBOX_RETRY = """
+UPDATE outbox SET lease_owner = NULL, lease_until = NULL, attempts = attempts + 1,
+    not_before = ?, last_error = ?, recipients = COALESCE(?, recipients)
+WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'pending'"""
+OUTBOX_FINISH = """
+UPDATE outbox SET lease_owner = NULL, lease_until = NULL, attempts = attempts + 1,
+    state = ?, done_at = ?, message_id = ?, last_error = COALESCE(?, last_error)
+WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND state = 'pending'"""
+OUTBOX_LIST_PENDING = """
+SELECT
+    id, kind, coalesce_key, dedupe_key, recipients, payload, created_at, not_before,
+    state, attempts, message_id, last_error, done_at
+FROM outbox WHERE state = ? ORDER BY id LIMIT ?"""
+OUTBOX_LIST_DONE = """
+SELECT
+    id, kind, coalesce_key, dedupe_key, recipients, payload, created_at, not_before,
+    state, attempts, message_id, last_error, done_at
+FROM outbox WHERE state = ? ORDER BY id DESC LIMIT ?"""
+OUTBOX_COUNTS = "SELECT state, COUNT(*), MIN(created_at) FROM outbox GROUP BY state"
+OUTBOX_LAST_ERROR = """
+SELECT last_error FROM outbox WHERE state = 'pending' AND last_error IS NOT NULL
+ORDER BY id DESC LIMIT 1"""
+OUTBOX_PURGE = "DELETE FROM outbox WHERE state IN ('sent', 'failed') AND done_at < ?"
+
+# -- system messages --------------------------------------------------------------------------
+
+SYSTEM_MESSAGE_RAISE = """
+INSERT INTO system_messages (key, text, since) VALUES (?, ?, ?)
+ON CONFLICT (key) DO NOTHING"""
+SYSTEM_MESSAGE_TEXT = "UPDATE system_messages SET text = ? WHERE key = ?"
+SYSTEM_MESSAGE_CLEAR = "DELETE FROM system_messages WHERE key = ?"
+SYSTEM_MESSAGES = "SELECT key, text, since FROM system_messages ORDER BY since, key"
 
 
 def _dump_json(value: dict[str, Any]) -> str:
@@ -550,3 +607,120 @@ class SqliteStore:
 
     async def meta_put(self, key: str, value: str) -> None:
         await self._run("meta_put", META_PUT, (key, value))
+
+    # -- notification outbox ----------------------------------------------------------------
+
+    @staticmethod
+    def _outbox_record(row: Any) -> OutboxRecord:
+        (id_, kind, ckey, dkey, recipients, payload, created_at, nb, state, attempts, mid, err,
+         done_at) = row  # fmt: skip
+        return OutboxRecord(
+            int(id_), kind, ckey, dkey, json.loads(recipients), json.loads(payload), created_at,
+            nb, state, int(attempts), mid, err, done_at,
+        )  # fmt: skip
+
+    async def outbox_add(
+        self,
+        kind: str,
+        recipients: list[str],
+        payload: dict[str, Any],
+        at: float,
+        *,
+        coalesce_key: str | None = None,
+        coalesce_window: float = 0.0,
+        dedupe_key: str | None = None,
+    ) -> int | None:
+        async with self._write("outbox_add") as conn:
+            last = None
+            if coalesce_key is not None:
+                rows = await conn.execute_fetchall(OUTBOX_LAST_DUE, (coalesce_key,))
+                last = rows[0][0]
+            not_before = coalesced_not_before(last, at, coalesce_window)
+            params = (
+                kind,
+                coalesce_key,
+                dedupe_key,
+                json.dumps(recipients),
+                _dump_json(payload),
+                at,
+                not_before,
+            )
+            rows = await conn.execute_fetchall(OUTBOX_ADD, params)
+        return int(rows[0][0]) if rows else None
+
+    async def outbox_claim(self, owner: str, now: float, lease: float) -> list[OutboxRecord]:
+        async with self._write("outbox_claim") as conn:
+            rows = await conn.execute_fetchall(OUTBOX_NEXT_DUE, (now, now))
+            if not rows:
+                return []
+            first_id, key = rows[0]
+            params = (owner, now + lease, now, now, first_id, key)
+            claimed = await conn.execute_fetchall(OUTBOX_CLAIM, params)
+        return sorted((self._outbox_record(r) for r in claimed), key=lambda r: r.id)
+
+    async def outbox_retry(
+        self,
+        ids: list[int],
+        owner: str,
+        not_before: float,
+        error: str,
+        recipients: list[str] | None = None,
+    ) -> None:
+        narrowed = None if recipients is None else json.dumps(recipients)
+        params = (not_before, error, narrowed, json.dumps(ids), owner)
+        await self._run("outbox_retry", OUTBOX_RETRY, params)
+
+    async def outbox_finish(
+        self,
+        ids: list[int],
+        owner: str,
+        state: str,
+        at: float,
+        message_id: str,
+        error: str | None = None,
+    ) -> int:
+        if state not in OUTBOX_STATES - {"pending"}:
+            raise ValueError(f"outbox_finish: state must be sent or failed, got {state!r}")
+        params = (state, at, message_id, error, json.dumps(ids), owner)
+        return await self._run("outbox_finish", OUTBOX_FINISH, params)
+
+    async def outbox_list(self, state: str, limit: int) -> list[OutboxRecord]:
+        sql = OUTBOX_LIST_PENDING if state == "pending" else OUTBOX_LIST_DONE
+        return [
+            self._outbox_record(r) for r in await self._rows("outbox_list", sql, (state, limit))
+        ]
+
+    async def outbox_stats(self) -> OutboxStats:
+        counts = {
+            state: (n, oldest)
+            for state, n, oldest in await self._rows("outbox_stats", OUTBOX_COUNTS)
+        }
+        error = await self._one("outbox_stats", OUTBOX_LAST_ERROR)
+        pending = counts.get("pending", (0, None))
+        return OutboxStats(
+            pending=int(pending[0]),
+            failed=int(counts.get("failed", (0, None))[0]),
+            sent=int(counts.get("sent", (0, None))[0]),
+            oldest_pending_at=pending[1],
+            last_error=None if error is None else error[0],
+        )
+
+    async def outbox_purge(self, before: float) -> int:
+        return await self._run("outbox_purge", OUTBOX_PURGE, (before,))
+
+    # -- system messages --------------------------------------------------------------------
+
+    async def system_message_raise(self, key: str, text: str, at: float) -> bool:
+        async with self._write("system_message_raise") as conn:
+            cursor = await conn.execute(SYSTEM_MESSAGE_RAISE, (key, text, at))
+            new = cursor.rowcount == 1
+            if not new:
+                await conn.execute(SYSTEM_MESSAGE_TEXT, (text, key))
+        return new
+
+    async def system_message_clear(self, key: str) -> bool:
+        return await self._run("system_message_clear", SYSTEM_MESSAGE_CLEAR, (key,)) == 1
+
+    async def system_messages(self) -> list[SystemMessageRecord]:
+        rows = await self._rows("system_messages", SYSTEM_MESSAGES)
+        return [SystemMessageRecord(key, text, since) for key, text, since in rows]
