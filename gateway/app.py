@@ -19,10 +19,12 @@ import structlog
 from aiohttp import web
 from aiohttp_session import session_middleware
 
+from gateway.policy.diff import diff as policy_diff
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.source import LoadResult, PolicyHolder, poll, watch
 from gateway.services.audit import AuditLog
 from gateway.services.metrics import Metrics
+from gateway.services.notify import runtime as notify_runtime
 from gateway.services.readiness import two_factor_warning
 from gateway.services.secret_key import load_secret_key
 from gateway.services.session_store import open_session_store
@@ -112,6 +114,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
                 _every(REVALIDATE_EVERY, lambda: services.forwarder.sockets.revalidate(store))
             ),
         ]
+        tasks += notify_runtime.start(services)  # outbox sender, system messages, retention
         if watch_files:
             tasks.append(asyncio.create_task(watch(holder)))
             tasks.append(asyncio.create_task(poll(holder)))
@@ -203,10 +206,13 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
                 files=list(result.files),
                 kept_generation=previous.generation,
             )
+            await notify_runtime.after_reload(services, previous, None, None, list(result.files))
             return
         services.metrics.reloads.labels("ok").inc()
         new = result.snapshot
         if new.fingerprint == previous.fingerprint:
+            # e.g. a rejected file put back as it was: the system message clears
+            await notify_runtime.after_reload(services, previous, None, None, [])
             return
         settle_heap()
         services.forwarder.sockets.recheck(new)
@@ -223,6 +229,7 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
             )
         await _warn_two_factor(services, new)
         log.info("policy_reloaded", generation=new.generation, files=list(result.files))
+        changes = policy_diff(previous, new)
         audit.record(
             "policy.reloaded",
             flush=True,
@@ -230,7 +237,9 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
             fingerprint=new.fingerprint[:16],
             files=list(result.files),
             warnings=list(new.warnings) or None,
+            changes=changes.record or None,
         )
+        await notify_runtime.after_reload(services, previous, new, changes, list(result.files))
 
     return on_reload
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import orjson
 
 from gateway import cli_schema, cli_signin
+from gateway.cli_notify import VERBS as NOTIFY_VERBS
+from gateway.cli_notify import add_parsers as add_notify_parsers
 from gateway.policy.source import LoadResult, load
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_WARNINGS = 0, 1, 2, 3
@@ -76,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", parents=[common], help="the audit trail")
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     verify = audit_sub.add_parser("verify", parents=[common], help="check the hash chains")
-    verify.add_argument("path", nargs="?", type=Path)
+    verify.add_argument("path", nargs="*", type=Path, help="default: rotated files, then current")
     tail = audit_sub.add_parser("tail", parents=[common], help="the last records")
     tail.add_argument("path", nargs="?", type=Path)
     tail.add_argument("-n", type=int, default=20)
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     cli_schema.register(sub, common)
+    add_notify_parsers(sub, common)  # notify test, outbox, retention run
 
     demo = sub.add_parser("demo", parents=[common], help="gateway + demo dashboard and API")
     demo.add_argument("--port", type=int, default=8080)
@@ -244,6 +247,9 @@ def cmd_user(args: argparse.Namespace) -> int:
         if args.action == "reset-2fa":
             revoked = await accounts.reset_2fa(store, sessions, name)
             audit.record("totp.reset", flush=True, sessions_revoked=revoked, **fields)
+            from gateway.services.notify import Notifier
+
+            await Notifier(store).two_factor_reset(snapshot, name, "an admin (command line)")
             print(
                 f"{name}: authenticator removed, {revoked} session(s) ended; "
                 "they enroll again at their next sign-in"
@@ -280,8 +286,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from gateway.services.secret_key import load_secret_key
 
         key = load_secret_key(snapshot.paths.secret_key_file).derive("audit-chain")
-        path = args.path or snapshot.paths.audit_file
-        report = verify(path, key, heads)
+        from gateway.services.audit_rotate import trail_files
+
+        paths = args.path or trail_files(snapshot.paths.audit_file)
+        report = verify(paths, key, heads)
         for problem in report.problems:
             print(problem)
         state = "ok" if report.ok else "FAILED"
@@ -345,6 +353,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "schema": cli_schema.cmd_schema,
 }
+_VERBS.update(NOTIFY_VERBS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

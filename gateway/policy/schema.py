@@ -208,7 +208,8 @@ class Smtp(Model):
     username: str | None = None
     password_file: str | None = None  # relative to gateway.yaml's folder; one line, read per send
     ca_file: str | None = None  # else the system's CAs
-    timeout: Duration = 30.0
+    timeout: Duration = 30.0  # per SMTP step
+    retry_max: Duration = 600.0  # the longest wait between two attempts (backoff ceiling)
 
 
 class GeoIp(Model):
@@ -220,6 +221,8 @@ class GatewayConfig(Model):
     tls: Tls | None = None
     trusted_proxies: tuple[Network, ...] = ()
     prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~-]+$")] = "/_gateway"
+    # the gateway's address as people reach it: links in mail (none without it)
+    public_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
     ops_allow: tuple[Network, ...] = (
         "127.0.0.0/8",
         "::1/128",

@@ -25,7 +25,8 @@ Several worker processes append to the same file: each has its own chain, every 
 `os.write` of whole lines on an O_APPEND descriptor, so lines never interleave mid-line. A process
 forked from one that already holds an AuditLog starts a fresh chain of its own.
 
-Rotation: about once a second the writer notices when the path names another file (renamed or
+Rotation: daily, by the writer itself (audit_rotate.py: `audit.path` plus the date). Also,
+about once a second the writer notices when the path names another file (renamed or
 removed by logrotate) and continues in a new file there; chains go on, so a new file verified
 alone reports `starts at seq N` for each chain: verify rotated files in order, as one stream.
 Rotate by renaming (logrotate's default), not `copytruncate`, which loses the lines written
@@ -56,6 +57,7 @@ from typing import Any
 import orjson
 import structlog
 
+from gateway.services.audit_rotate import rotate, rotate_stale_at_open, utc_day
 from gateway.services.audit_verify import (
     BASE_FIELDS,
     CHAIN_FIELDS,
@@ -376,6 +378,8 @@ class AuditLog:
         self._io_lock = threading.Lock()  # the file descriptor; taken before _lock, never after
 
         self._fd: int | None = None
+        self._clock = clock
+        self._day = utc_day(clock())  # the UTC day of the open file's records: rotation
         self._torn = False  # a short write left part of a line: start the next write with "\n"
         self._unsynced = False
         self._written_head: tuple[str, int, str] | None = None
@@ -477,6 +481,8 @@ class AuditLog:
     def _open(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._day = utc_day(self._clock())
+            rotate_stale_at_open(self.path, self._day)  # last written on an earlier day
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
             self._fd = os.open(self.path, flags, 0o640)
         return self._fd
@@ -550,6 +556,10 @@ class AuditLog:
     def _reopen_if_rotated(self) -> None:
         """If the path now names another file (logrotate), the next write opens the new one."""
         assert self._fd is not None
+        today = utc_day(self._clock())
+        if today != self._day:  # daily rotation (audit_rotate.py); one process renames
+            rotate(self.path, self._day, self._fd)
+            self._day = today
         try:
             on_disk = os.stat(self.path)
         except FileNotFoundError:

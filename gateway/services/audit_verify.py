@@ -16,10 +16,15 @@ What `verify` can and cannot see:
 - lines cut off the END of a chain: NOT visible in the file alone (a chain that stops early looks
   like a process that stopped). That is what the chain heads in the state store are for: pass them
   as `heads` and a chain that ends before the head the store saw is reported.
-- a chain whose first line in the file is not seq 1 is always reported. Legitimately, retention
-  purging (`retention.purged`) removes the oldest lines and produces exactly this report for the
-  chains it cut; the operator reads it next to the `retention.purged` record. It is not silenced,
-  because deleting the beginning of the file looks the same.
+- a chain whose first line is not seq 1 is reported, unless a checkpoint vouches for the
+  start: retention (`retention.purged`, section 7.4) deletes whole rotated files and records
+  the last (seq, hash) of every chain it removed. `verify` takes those checkpoints from the
+  `retention.purged` records in the files it reads (their own hash must verify, so only the
+  key holder can make one) or from the caller: a chain that starts at seq N+1 with `prev` equal
+  to the checkpoint's hash of seq N is whole. Deleting the beginning of the trail without such
+  a record is still reported.
+
+Several files (the rotated ones, then the current one) are read in order as one stream.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import hmac
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -80,10 +85,10 @@ class VerifyReport:
 class _ChainState:
     seq: int
     hash: str
-    line: int
+    line: str  # where the record is: "line 12" or "audit.jsonl.2026-12-02:12"
     # Set while the chain's latest slot is held by a record whose hash failed (already reported):
     # the state before it, so the authentic record for that slot is still recognised.
-    before_suspect: tuple[int, str | None, int] | None = None
+    before_suspect: tuple[int, str | None, str] | None = None
     authentic: bool = True  # False while the chain is known only from a record that failed
 
 
@@ -91,83 +96,127 @@ def _missing(n: int) -> str:
     return "1 record" if n == 1 else f"{n} records"
 
 
-def verify(path: Path, key: bytes, heads: Iterable[tuple[str, int, str]] = ()) -> VerifyReport:
-    """Check every line of the audit file at `path` against the chain rules.
+def purge_checkpoints(paths: Sequence[Path], key: bytes) -> dict[str, tuple[int, str]]:
+    """chain -> (seq, hash) from every authentic `retention.purged` record in these files."""
+    out: dict[str, tuple[int, str]] = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            for raw in f:
+                if b"retention.purged" not in raw:
+                    continue
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if not _is_chained(record) or record.get("event") != "retention.purged":
+                    continue
+                if not hmac.compare_digest(record_hash(key, record), record["hash"]):
+                    continue
+                files = record.get("audit_files") or {}
+                for chain, point in (files.get("checkpoint") or {}).items():
+                    seq, digest = point
+                    if chain not in out or out[chain][0] < seq:
+                        out[chain] = (int(seq), str(digest))
+    return out
 
-    `heads` are (chain, seq, hash) triples the state store recorded while the file was written;
-    with them, lines cut off the end of a chain are detected too. Raises OSError when the file
-    cannot be read (that is not a verdict on its content).
+
+def _lines(paths: Sequence[Path]) -> Iterator[tuple[str, bytes]]:
+    several = len(paths) > 1
+    for path in paths:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                yield (f"{path.name}:{number}" if several else f"line {number}"), raw
+
+
+def verify(
+    path: Path | Sequence[Path],
+    key: bytes,
+    heads: Iterable[tuple[str, int, str]] = (),
+    checkpoints: dict[str, tuple[int, str]] | None = None,
+) -> VerifyReport:
+    """Check every line of the audit file(s) at `path` against the chain rules.
+
+    Several paths are read in order as one stream (rotated files oldest first, then the
+    current one). `heads` are (chain, seq, hash) triples the state store recorded while the
+    file was written; with them, lines cut off the end of a chain are detected too.
+    `checkpoints` (chain -> (seq, hash)) add to those found in `retention.purged` records.
+    Raises OSError when a file cannot be read (that is not a verdict on its content).
     """
-    wanted: dict[tuple[str, int], str] = {(c, s): h for c, s, h in heads}
-    found: dict[tuple[str, int], tuple[str, int]] = {}  # (chain, seq) -> (hash, line)
+    paths = [path] if isinstance(path, Path | str) else list(path)
+    paths = [Path(p) for p in paths]
+    points = purge_checkpoints(paths, key)
+    for chain, point in (checkpoints or {}).items():
+        if chain not in points or points[chain][0] < point[0]:
+            points[chain] = point
+    wanted: dict[tuple[str, int], str] = {
+        (c, s): h for c, s, h in heads if not (c in points and points[c][0] >= s)
+    }
+    found: dict[tuple[str, int], tuple[str, str]] = {}  # (chain, seq) -> (hash, where)
     chains: dict[str, _ChainState] = {}
     problems: list[str] = []
     records = 0
 
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                problems.append(f"line {number}: empty line")
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                problems.append(f"line {number}: not JSON")
-                continue
-            if not _is_chained(record):
-                problems.append(f"line {number}: not an audit record (no chain, seq, prev or hash)")
-                continue
-            records += 1
-            chain, seq, prev, claimed = (record[k] for k in CHAIN_FIELDS)
-            state = chains.get(chain)
-            if not hmac.compare_digest(record_hash(key, record), claimed):
-                problems.append(f"line {number}: hash mismatch (record edited or forged)")
-                # A record claiming the next seq holds that slot, so that one edited line gives
-                # one problem; a record claiming any other place is ignored.
-                if state is None and seq == 1:
-                    chains[chain] = _ChainState(1, claimed, number, (0, None, 0), authentic=False)
-                elif state is not None and seq == state.seq + 1:
-                    state.before_suspect = (state.seq, state.hash, state.line)
-                    state.seq, state.hash, state.line = seq, claimed, number
-                continue
-            if (chain, seq) in wanted:
-                found[(chain, seq)] = (claimed, number)
-            where = f"line {number}: chain {chain}:"
-            if state is None:
-                if seq != 1:
-                    problems.append(
-                        f"{where} starts at seq {seq}, not 1 "
-                        "(earlier lines missing, or purged by retention)"
-                    )
-                chains[chain] = _ChainState(seq, claimed, number)
-                continue
-            suspect, state.before_suspect = state.before_suspect, None
-            state.authentic = True
-            if suspect is not None and seq == state.seq and prev == suspect[1]:
-                # The authentic record of the slot a forged line claimed: the forgery was
-                # reported, the chain goes on from here.
+    for number, raw in _lines(paths):
+        line = raw.strip()
+        if not line:
+            problems.append(f"{number}: empty line")
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            problems.append(f"{number}: not JSON")
+            continue
+        if not _is_chained(record):
+            problems.append(f"{number}: not an audit record (no chain, seq, prev or hash)")
+            continue
+        records += 1
+        chain, seq, prev, claimed = (record[k] for k in CHAIN_FIELDS)
+        state = chains.get(chain)
+        if not hmac.compare_digest(record_hash(key, record), claimed):
+            problems.append(f"{number}: hash mismatch (record edited or forged)")
+            # A record claiming the next seq holds that slot, so that one edited line gives
+            # one problem; a record claiming any other place is ignored.
+            if state is None and seq == 1:
+                chains[chain] = _ChainState(1, claimed, number, (0, None, ""), authentic=False)
+            elif state is not None and seq == state.seq + 1:
+                state.before_suspect = (state.seq, state.hash, state.line)
                 state.seq, state.hash, state.line = seq, claimed, number
-                continue
-            expected = state.seq + 1
-            if seq == expected:
-                # After an edited line its successor's prev may not match: already reported.
-                if prev != state.hash and suspect is None:
-                    problems.append(
-                        f"{where} prev does not match the hash of seq {state.seq} "
-                        f"(line {state.line})"
-                    )
-            elif seq > expected:
+            continue
+        if (chain, seq) in wanted:
+            found[(chain, seq)] = (claimed, number)
+        where = f"{number}: chain {chain}:"
+        if state is None:
+            vouched = points.get(chain) == (seq - 1, prev)
+            if seq != 1 and not vouched:
                 problems.append(
-                    f"{where} seq {seq} follows seq {state.seq} "
-                    f"({_missing(seq - expected)} missing or reordered)"
+                    f"{where} starts at seq {seq}, not 1 "
+                    "(earlier lines missing, or purged by retention)"
                 )
-            else:
-                problems.append(
-                    f"{where} seq {seq} follows seq {state.seq} (duplicate or reordered)"
-                )
-                continue  # the chain's furthest point stays where it was
+            chains[chain] = _ChainState(seq, claimed, number)
+            continue
+        suspect, state.before_suspect = state.before_suspect, None
+        state.authentic = True
+        if suspect is not None and seq == state.seq and prev == suspect[1]:
+            # The authentic record of the slot a forged line claimed: the forgery was
+            # reported, the chain goes on from here.
             state.seq, state.hash, state.line = seq, claimed, number
+            continue
+        expected = state.seq + 1
+        if seq == expected:
+            # After an edited line its successor's prev may not match: already reported.
+            if prev != state.hash and suspect is None:
+                problems.append(
+                    f"{where} prev does not match the hash of seq {state.seq} ({_at(state.line)})"
+                )
+        elif seq > expected:
+            problems.append(
+                f"{where} seq {seq} follows seq {state.seq} "
+                f"({_missing(seq - expected)} missing or reordered)"
+            )
+        else:
+            problems.append(f"{where} seq {seq} follows seq {state.seq} (duplicate or reordered)")
+            continue  # the chain's furthest point stays where it was
+        state.seq, state.hash, state.line = seq, claimed, number
 
     for (chain, seq), expected_hash in wanted.items():
         state = chains.get(chain)
@@ -183,12 +232,17 @@ def verify(path: Path, key: bytes, heads: Iterable[tuple[str, int, str]] = ()) -
             )
         elif (chain, seq) in found and found[(chain, seq)][0] != expected_hash:
             problems.append(
-                f"chain {chain}: seq {seq} on line {found[(chain, seq)][1]} is not the record "
+                f"chain {chain}: seq {seq} on {_at(found[(chain, seq)][1])} is not the record "
                 "the state store saw (file rewritten)"
             )
 
     authentic = sum(state.authentic for state in chains.values())
     return VerifyReport(ok=not problems, records=records, chains=authentic, problems=problems)
+
+
+def _at(where: str) -> str:
+    """ "line 12" stays as is; "audit.jsonl:12" becomes "audit.jsonl line 12"."""
+    return where if where.startswith("line ") else where.replace(":", " line ", 1)
 
 
 def _is_chained(record: object) -> bool:

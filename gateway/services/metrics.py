@@ -63,6 +63,27 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.notifications_sent = Counter(
+            "gateway_notifications_sent_total", "Mails delivered, by kind.", ["kind"], registry=r
+        )
+        self.notifications_failed = Counter(
+            "gateway_notifications_failed_total",
+            "Recipients given up after a permanent refusal (5xx), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "gateway_outbox_pending",
+            "Notifications waiting in the outbox (shared by every instance).",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.outbox_oldest_pending = Gauge(
+            "gateway_outbox_oldest_pending_seconds",
+            "Age of the oldest notification waiting in the outbox.",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._children: dict[tuple[str, str, str, str], object] = {}
         self._latency_children: dict[tuple[str, str], object] = {}
 

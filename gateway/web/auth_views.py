@@ -69,6 +69,13 @@ def audit(request: web.Request, event: str, *, principal: str | None, **fields: 
     )
 
 
+async def notice(request: web.Request, event: str, *args: object) -> None:
+    """Queue the notification of an event (section 7.1) just audited; never sends from here."""
+    notifier = _services(request).notifier
+    if notifier is not None:
+        await getattr(notifier, event)(context_of(request).snapshot, *args)
+
+
 def _logout_footer(request: web.Request, ctx: RequestContext) -> str:
     return forms.logout_form(_url(ctx, "logout"), _services(request).csrf.field(request))
 
@@ -230,6 +237,8 @@ async def login(request: web.Request) -> web.StreamResponse:
             known_user=user is not None,
             remaining=attempt.remaining,
         )
+        if user is not None:
+            await notice(request, "login_failed", user.name, ctx.client_ip, None, "wrong password")
         if banned:
             audit(
                 request,
@@ -326,6 +335,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
             replayed=result.replayed or None,
             remaining=attempt.remaining,
         )
+        await notice(request, "login_failed", user.name, ctx.client_ip, None, "wrong 2FA code")
         if attempt.banned:
             return _banned_out(request, session, user.name)
         error = (
@@ -562,6 +572,7 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     if violations:
         return render([v.message for v in violations], status=400)
     audit(request, "password.changed", principal=user.name, decision="allow", forced=forced or None)
+    await notice(request, "password_changed", user.name, ctx.client_ip)
     if forced:
         return await advance(request, session, user)
     return render(notice="Your password was changed.")

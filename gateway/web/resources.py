@@ -17,6 +17,7 @@ from gateway.services.store import StateStore
 
 if TYPE_CHECKING:
     from gateway.services.audit import AuditLog
+    from gateway.services.notify import Notifier, Sender, SystemMessages
     from gateway.web.csrf import Csrf
     from gateway.web.pages import Pages
     from gateway.web.proxy import Forwarder
@@ -38,6 +39,9 @@ class Services:
     signin: SignInGuard = field(default_factory=SignInGuard)  # attempts in flight, hashing
     ready: bool = False
     problems: list[str] = field(default_factory=list)  # why not ready, for readyz
+    notifier: Notifier | None = None  # the outbox's door (section 7)
+    sender: Sender | None = None
+    system_messages: SystemMessages | None = None
 
 
 SERVICES = web.AppKey("gateway.services", Services)

@@ -44,8 +44,9 @@ class TestOutboxAdd:
     ) -> None:
         key, window = "login.failure:bob", 600.0
         for at in (1000.0, 1010.0, 1500.0, 1601.0, 1700.0, 3000.0):
-            await store.outbox_add("login.failure", ADMINS, {}, at, coalesce_key=key,
-                                   coalesce_window=window)  # fmt: skip
+            await store.outbox_add(
+                "login.failure", ADMINS, {}, at, coalesce_key=key, coalesce_window=window
+            )
         due = [r.not_before for r in await store.outbox_list("pending", 10)]
         # first at once; the rest of its window at its end (1600); 1601 and 1700 arrive after
         # that batch fell due: the next window's end (2200); 3000 is quiet again: at once.
@@ -57,8 +58,9 @@ class TestOutboxAdd:
         stores = [await store_backend.open() for _ in range(3)]
 
         async def add(store: StateStore, at: float) -> None:
-            await store.outbox_add("login.failure", ADMINS, {}, at, coalesce_key="k",
-                                   coalesce_window=600.0)  # fmt: skip
+            await store.outbox_add(
+                "login.failure", ADMINS, {}, at, coalesce_key="k", coalesce_window=600.0
+            )
 
         await asyncio.gather(*(add(stores[i % 3], 50.0 + i * 0.001) for i in range(30)))
         due = sorted(r.not_before for r in await stores[0].outbox_list("pending", 100))
@@ -72,8 +74,9 @@ class TestOutboxClaim:
 
     async def test_claim_takes_the_due_group_of_one_key(self, store: StateStore) -> None:
         for at in (10.0, 20.0, 30.0):
-            await store.outbox_add("login.failure", ADMINS, {"n": at}, at, coalesce_key="u:bob",
-                                   coalesce_window=100.0)  # fmt: skip
+            await store.outbox_add(
+                "login.failure", ADMINS, {"n": at}, at, coalesce_key="u:bob", coalesce_window=100.0
+            )
         await store.outbox_add("policy.changed", ADMINS, {}, 15.0)
         [first] = await store.outbox_claim("w1", 10.0, 60.0)
         assert first.payload == {"n": 10.0}

@@ -612,12 +612,36 @@ class SqliteStore:
 
     @staticmethod
     def _outbox_record(row: Any) -> OutboxRecord:
-        (id_, kind, ckey, dkey, recipients, payload, created_at, nb, state, attempts, mid, err,
-         done_at) = row  # fmt: skip
+        (
+            id_,
+            kind,
+            ckey,
+            dkey,
+            recipients,
+            payload,
+            created_at,
+            nb,
+            state,
+            attempts,
+            mid,
+            err,
+            done_at,
+        ) = row
         return OutboxRecord(
-            int(id_), kind, ckey, dkey, json.loads(recipients), json.loads(payload), created_at,
-            nb, state, int(attempts), mid, err, done_at,
-        )  # fmt: skip
+            int(id_),
+            kind,
+            ckey,
+            dkey,
+            json.loads(recipients),
+            json.loads(payload),
+            created_at,
+            nb,
+            state,
+            int(attempts),
+            mid,
+            err,
+            done_at,
+        )
 
     async def outbox_add(
         self,
