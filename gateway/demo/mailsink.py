@@ -56,9 +56,7 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)  # type: ignore[arg-type]
         item = Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), message, time.time())  # type: ignore[arg-type]
         with self.lock:
