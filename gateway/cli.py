@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="gateway + demo dashboard and API")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument(
+        "--forward-auth",
+        action="store_true",
+        help="nginx in front (if installed) asks the gateway for each decision (auth_request)",
+    )
     return p
 
 
@@ -337,7 +342,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo.run import run_demo
 
-    return run_demo(args.port)
+    return run_demo(args.port, forward_auth=args.forward_auth)
 
 
 _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -29,6 +29,10 @@ def _replace(text: str, replacements: dict[str, str], source: str) -> str:
     return text
 
 
+def nginx_installed() -> bool:
+    return (shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")) is not None
+
+
 def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if found is None:

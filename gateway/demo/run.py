@@ -12,11 +12,13 @@ import contextlib
 import hashlib
 import os
 import secrets
+import signal
 import socket
 from pathlib import Path
 
 from aiohttp import web
 
+from gateway.demo import front_proxy
 from gateway.demo.backends import api_app, dashboard_app
 from gateway.services.passwords import hash_password
 
@@ -25,7 +27,7 @@ PASSWORDS = {"alice": "alice-demo-Passphrase-42", "bob": "bob-demo-Passphrase-42
 
 CONFIG = """# Written by `gateway demo`.
 listen: {{host: 127.0.0.1, port: {port}}}
-prefix: /_gateway
+{trusted}prefix: /_gateway
 state: sqlite:///state/gateway.db
 secret_key_file: state/gateway.key
 audit: {{path: audit/audit.jsonl}}
@@ -92,11 +94,21 @@ service_accounts:
 """
 
 
-def write_demo_files(base: Path, port: int, dash_port: int, api_port: int) -> str:
-    """(Re)write the demo's config; keeps people and state from an earlier run. -> the API key."""
+def write_demo_files(
+    base: Path, port: int, dash_port: int, api_port: int, *, behind_proxy: bool = False
+) -> str:
+    """(Re)write the demo's config; keeps people and state from an earlier run. -> the API key.
+
+    behind_proxy: nginx on this machine is in front (forward-auth mode) and trusted."""
     (base / "policies").mkdir(parents=True, exist_ok=True)
+    trusted = "trusted_proxies: [127.0.0.1/32]   # nginx in front (forward-auth)\n"
     (base / "gateway.yaml").write_text(
-        CONFIG.format(port=port, dash_port=dash_port, api_port=api_port)
+        CONFIG.format(
+            port=port,
+            dash_port=dash_port,
+            api_port=api_port,
+            trusted=trusted if behind_proxy else "",
+        )
     )
     (base / "policies" / "access.yaml").write_text(ACCESS)
     (base / "policies" / "security.yaml").write_text(SECURITY)
@@ -113,19 +125,23 @@ def write_demo_files(base: Path, port: int, dash_port: int, api_port: int) -> st
     return api_key
 
 
-async def _serve(port: int, shown_dir: str) -> None:
+async def _serve(port: int, shown_dir: str, forward_auth: bool) -> None:
     from gateway.app import build_app, initial_holder
     from gateway.policy.source import load
 
     dash_port, api_port = _free_port(), _free_port()
-    api_key = write_demo_files(DEMO_DIR, port, dash_port, api_port)
+    if forward_auth and not front_proxy.nginx_installed():
+        print("nginx is not installed (Debian: apt-get install nginx-light): running without it.")
+        forward_auth = False
+    front_port, port = (port, _free_port()) if forward_auth else (port, port)
+    api_key = write_demo_files(DEMO_DIR, port, dash_port, api_port, behind_proxy=forward_auth)
     config = DEMO_DIR / "gateway.yaml"
     result = load(config)
     if result.snapshot is None:
         for problem in result.report.errors:
             print(problem)
         raise SystemExit(1)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{front_port}"
     runners = []
     for app, p in (
         (dashboard_app(f"{base}/_gateway/jwks.json"), dash_port),
@@ -136,10 +152,19 @@ async def _serve(port: int, shown_dir: str) -> None:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", p).start()
         runners.append(runner)
+    nginx = None
+    if forward_auth:
+        nginx = await _start_nginx(front_port, port, dash_port, api_port)
+    mode = (
+        f"  Mode          forward-auth: nginx on :{front_port} asks the gateway on :{port}\n"
+        f"                (config: {shown_dir}/nginx/gateway.conf; docs/forward-auth.md)\n"
+        if forward_auth
+        else ""
+    )
     print(
         f"""
 Access gateway demo
-  Dashboard     {base}/
+{mode}  Dashboard     {base}/
      alice / {PASSWORDS["alice"]}   (gateway admin: must enroll 2FA, role admin)
      bob   / {PASSWORDS["bob"]}     (role viewer, no 2FA required)
   API           curl -H 'Authorization: Bearer {api_key}' {base}/api/status
@@ -150,17 +175,60 @@ Press Ctrl-C to stop.
 """,
         flush=True,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        if nginx is not None and nginx.returncode is None:
+            nginx.terminate()
+            await nginx.wait()
         for runner in reversed(runners):
             await runner.cleanup()
 
 
-def run_demo(port: int) -> int:
+def _nginx_config(listen_port: int, gateway_port: int, dash_port: int, api_port: int) -> Path:
+    """The shipped forward-auth configuration (deploy/forward-auth/) for the demo's ports."""
+    return front_proxy.render_nginx(
+        DEMO_DIR.resolve() / "nginx",
+        listen=f"127.0.0.1:{listen_port}",
+        gateway=f"127.0.0.1:{gateway_port}",
+        console=f"127.0.0.1:{dash_port}",
+        api=f"127.0.0.1:{api_port}",
+    )
+
+
+async def _start_nginx(
+    listen_port: int, gateway_port: int, dash_port: int, api_port: int
+) -> asyncio.subprocess.Process:
+    """nginx in front, asking the gateway (auth_request); ready once it accepts connections."""
+    config = _nginx_config(listen_port, gateway_port, dash_port, api_port)
+    folder = config.parent
+    log = open(folder / "nginx.log", "wb")  # noqa: ASYNC230, SIM115 -- once, at start
+    proc = await asyncio.create_subprocess_exec(
+        *front_proxy.nginx_argv(config), stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL
+    )
+    log.close()
+    for _ in range(100):
+        if proc.returncode is not None:
+            raise SystemExit(f"nginx exited: see {folder / 'nginx.log'}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", listen_port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return proc
+    proc.terminate()
+    raise SystemExit(f"nginx did not start: see {folder / 'nginx.log'}")
+
+
+def run_demo(port: int, forward_auth: bool = False) -> int:
     from gateway.logs import configure_logging
 
     configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(port, os.path.abspath(DEMO_DIR)))
+        asyncio.run(_serve(port, os.path.abspath(DEMO_DIR), forward_auth))
     return 0
