@@ -39,6 +39,7 @@ from gateway.web.pages import Pages
 from gateway.web.proxy import Forwarder
 from gateway.web.resources import SERVICES, Services
 from gateway.web.sessions import StoreSessionStorage
+from gateway.web.upstream import UpstreamClient
 
 log = structlog.get_logger("gateway")
 
@@ -88,7 +89,6 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
         await audit.start()
         keyring = KeyRing(store, secret_key)
         await keyring.load_or_create()
-        http = Forwarder.new_session()
         services = Services(
             holder=holder,
             secret_key=secret_key,
@@ -97,7 +97,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             store=store,
             sessions=sessions,
             keyring=keyring,
-            forwarder=Forwarder(http, LiveSockets()),
+            forwarder=Forwarder(UpstreamClient(), Forwarder.new_ws_session(), LiveSockets()),
             csrf=Csrf(secret_key.derive("csrf")),
             pages=build_pages(),
             started_at=time.time(),
@@ -139,7 +139,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await http.close()
+            await services.forwarder.close()
             await audit.close()
             await sessions.close()
             await store.close()

@@ -11,13 +11,12 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.context import RequestContext
 from gateway.web import forward_headers
 from gateway.web.live_sockets import LiveSocket, LiveSockets
 from gateway.web.sessions import RECORD_KEY
-from gateway.web.upstream.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.web.upstream import UpstreamClient, UpstreamError
 from gateway.web.websocket import forward_websocket, is_websocket
 
 __all__ = ["Forwarder", "UpstreamError"]
@@ -64,15 +63,18 @@ def live_socket(request: web.Request, ctx: RequestContext) -> LiveSocket:
 
 
 class Forwarder:
-    """Owns the one pooled ClientSession; forwards a request that the gate has let through."""
+    """Forwards a request that the gate has let through: HTTP with the lean upstream client
+    (gateway.web.upstream), WebSocket upgrades with aiohttp's client (gateway.web.websocket)."""
 
-    def __init__(self, session: aiohttp.ClientSession, sockets: LiveSockets) -> None:
-        self._session = session
+    def __init__(
+        self, client: UpstreamClient, ws_session: aiohttp.ClientSession, sockets: LiveSockets
+    ) -> None:
+        self._client = client
+        self._ws_session = ws_session
         self.sockets = sockets
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
 
     @staticmethod
-    def new_session() -> aiohttp.ClientSession:
+    def new_ws_session() -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60),
             auto_decompress=False,
@@ -82,14 +84,9 @@ class Forwarder:
             trust_env=False,
         )
 
-    def _timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
-        key = (connect, read)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
-                total=None, sock_connect=connect, connect=connect, sock_read=read
-            )
-        return timeout
+    async def close(self) -> None:
+        await self._client.close()
+        await self._ws_session.close()
 
     async def forward(
         self,
@@ -100,63 +97,75 @@ class Forwarder:
     ) -> web.StreamResponse:
         app = ctx.app
         assert app is not None and ctx.path is not None
-        target = app.upstream + app.upstream_target(ctx.path)
         # The query exactly as received: aiohttp's query_string is percent-decoded.
         raw = request.raw_path
         cut = raw.find("?")
-        url = target + raw[cut:] if cut >= 0 else target
+        target = app.upstream_target(ctx.path)
+        if cut >= 0:
+            target += raw[cut:]
         headers = upstream_request_headers(request, ctx, identity, session_cookie)
         if is_websocket(request.headers):
             return await forward_websocket(
-                request, ctx, self._session, url, headers, live_socket(request, ctx), self.sockets
+                request,
+                ctx,
+                self._ws_session,
+                app.upstream + target,
+                headers,
+                live_socket(request, ctx),
+                self.sockets,
             )
-        timeout = self._timeout(app.connect_timeout, app.read_timeout)
-        body = request.content if request.body_exists else None
         try:
-            upstream = await self._session.request(
+            upstream = await self._client.request(
+                app.upstream,
                 request.method,
-                URL(url, encoded=True),
-                headers=CIMultiDict(headers),
-                data=body,
-                allow_redirects=False,
-                timeout=timeout,
-                compress=None,
+                target,
+                headers,
+                request.content.iter_any() if request.body_exists else None,
+                content_length=request.content_length,
+                connect_timeout=app.connect_timeout,
+                read_timeout=app.read_timeout,
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout() from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable() from exc
+        except ConnectionResetError:
+            return _client_gone(request, ctx, "the client closed the connection during the upload")
         out = CIMultiDict(
             forward_headers.response_headers(
-                upstream.headers.items(), forward_headers.own_cookie_names(session_cookie)
+                upstream.headers, forward_headers.own_cookie_names(session_cookie)
             )
         )
         out["X-Gateway-Request-Id"] = ctx.request_id
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out)
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-        except (ConnectionResetError, aiohttp.ClientError, TimeoutError) as exc:
-            client_gone = isinstance(exc, ConnectionResetError) and not isinstance(
-                exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError
-            )
-            if not response.prepared and not client_gone:
-                if isinstance(exc, TimeoutError):
-                    raise UpstreamTimeout() from exc
-                raise UpstreamUnavailable() from exc
+            if upstream.complete:  # the usual small response: one write
+                await response.write_eof(upstream.read_now())
+            else:
+                async for chunk in upstream.chunks():
+                    await response.write(chunk)
+                await response.write_eof()
+            upstream.release()
+        except (ConnectionResetError, UpstreamError) as exc:
             # Part of the response is out: a new response on this connection would be read as
             # the rest of the body (a desync), and the upstream connection is half read. Cutting
             # both is the only honest signal left, whichever side failed.
             ctx.reasons.append(
                 "the client closed the connection before the end of the response"
-                if client_gone
-                else f"the upstream failed mid-response ({type(exc).__name__}); connection cut"
+                if isinstance(exc, ConnectionResetError)
+                else f"the upstream failed mid-response ({exc}); connection cut"
             )
             upstream.close()
             if request.transport is not None:
                 request.transport.close()
-        finally:
-            upstream.release()
+        except BaseException:
+            upstream.close()
+            raise
         return response
+
+
+CLIENT_CLOSED_REQUEST: Final = 499  # nginx's status for "the client went away first"
+
+
+def _client_gone(request: web.Request, ctx: RequestContext, reason: str) -> web.Response:
+    ctx.reasons.append(reason)
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=CLIENT_CLOSED_REQUEST)
