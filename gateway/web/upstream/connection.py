@@ -101,9 +101,13 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamUnavailable("the upstream switched protocols unasked (101)"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamUnavailable(f"malformed response from the upstream: {exc}"))
-        except UpstreamError as exc:  # raised by a callback below
-            self._fail(exc)
+            # httptools wraps what a callback raised (ours: UpstreamError) in its own error.
+            cause = exc.__cause__ or exc.__context__
+            self._fail(
+                cause
+                if isinstance(cause, UpstreamError)
+                else UpstreamUnavailable(f"malformed response from the upstream: {exc}")
+            )
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
