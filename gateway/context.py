@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.policy.decide import Decision
 from gateway.policy.snapshot import AppRoute, Snapshot
+from gateway.web.hosts import Host
 
 CONTEXT_KEY: Final = web.RequestKey("gateway.context", "RequestContext")
 
@@ -22,6 +23,7 @@ class RequestContext:
     client_addr: tuple[int, int] | None  # (version, integer) for allowlist lookups
     secure: bool  # https as seen by the client (TLS here, or a trusted TLS-terminating proxy)
     path: str | None = None  # the normalised path: matched, authorised and forwarded
+    host: Host | None = None  # the canonical Host: matched and forwarded
     surface: str | None = None
     app: AppRoute | None = None
     principal: str | None = None

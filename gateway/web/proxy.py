@@ -33,7 +33,7 @@ def upstream_request_headers(
 ) -> list[tuple[str, str]]:
     return forward_headers.request_headers(
         request.headers.items(),
-        host=request.headers.get("Host"),
+        host=ctx.host.header if ctx.host is not None else None,  # canonical (hosts.py)
         client_ip=ctx.client_ip,
         secure=ctx.secure,
         request_id=ctx.request_id,
