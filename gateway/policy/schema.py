@@ -220,6 +220,9 @@ class GatewayConfig(Model):
     listen: Listen = Listen()
     tls: Tls | None = None
     trusted_proxies: tuple[Network, ...] = ()
+    client_ip_header: Annotated[
+        Literal["x-forwarded-for", "forwarded"], BeforeValidator(lambda v: str(v).lower())
+    ] = "x-forwarded-for"
     prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~-]+$")] = "/_gateway"
     # the gateway's address as people reach it: links in mail (none without it)
     public_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None

@@ -24,7 +24,12 @@ log = structlog.get_logger("gateway.request")
 async def observe(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
     services = request.app[SERVICES]
     snapshot = services.holder.current
-    client = resolve_client(request.remote, request.headers, snapshot.trusted_proxies)
+    client = resolve_client(
+        request.remote,
+        request.headers,
+        snapshot.trusted_proxies,
+        snapshot.config.client_ip_header,
+    )
     ctx = RequestContext(
         request_id=str(uuid.uuid4()),
         started=time.perf_counter(),

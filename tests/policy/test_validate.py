@@ -171,8 +171,8 @@ class TestConfigErrors:
             "gateway.yaml:5 apps.console.upstream: expected an http:// or https:// URL like "
             "http://127.0.0.1:3000, got 'ftp://x'",
             "gateway.yaml:2 prefx: unknown key; allowed keys: listen, tls, trusted_proxies, "
-            "prefix, public_url, ops_allow, state, sessions, secret_key_file, audit, smtp, geoip, "
-            "policies, "
+            "client_ip_header, prefix, public_url, ops_allow, state, sessions, secret_key_file, "
+            "audit, smtp, geoip, policies, "
             "upstream_timeouts, apps",
         ]
 
