@@ -63,6 +63,11 @@ def _route_tables(
     return by_host, order(hostless)
 
 
+def _rule_prefix(path: str, *, fold: bool) -> str:
+    prefix = path.rstrip("/") or "/"
+    return prefix.lower() if fold else prefix
+
+
 def _role(name: str, spec: RoleSpec) -> Role:
     def rules(kind: str, items) -> tuple[Rule, ...]:  # type: ignore[no-untyped-def]
         return tuple(
@@ -70,7 +75,9 @@ def _role(name: str, spec: RoleSpec) -> Role:
                 kind=kind,  # type: ignore[arg-type]
                 index=i,
                 methods=None if "*" in r.methods else frozenset(r.methods),
-                prefix=r.path.rstrip("/") or "/",
+                # deny prefixes are compared lower-cased (decide.check_role)
+                prefix=_rule_prefix(r.path, fold=kind == "deny"),
+                folded=kind == "deny",
             )
             for i, r in enumerate(items)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import unquote_plus
 
 from gateway.policy.snapshot import AppRoute, Role, ServiceAccount, Snapshot, SurfacePolicy
 from gateway.web.paths import path_has_prefix
@@ -91,24 +92,69 @@ def check_account(account: ServiceAccount, ip: tuple[int, int] | None, now: floa
 
 
 def authorize(
-    snapshot: Snapshot, grants: dict[str, str] | object, app: AppRoute, method: str, path: str
+    snapshot: Snapshot,
+    grants: dict[str, str] | object,
+    app: AppRoute,
+    method: str,
+    path: str,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[Decision, str | None]:
-    """The grant on the app names a role; the role's rules decide. -> (decision, role)"""
+    """The grant on the app names a role; the role's rules decide. -> (decision, role)
+
+    `overrides` are the methods a backend may read instead of `method` (method_overrides):
+    each must be allowed as well.
+    """
     role_name = grants.get(app.name)  # type: ignore[attr-defined]
     if role_name is None:
         return deny(FORBIDDEN, f"no grant on app {app.name!r}"), None
     role = snapshot.roles.get(role_name)
     if role is None:  # validation refuses this; fail closed all the same
         return deny(FORBIDDEN, f"role {role_name!r} is not defined"), role_name
-    return check_role(role, method, app.relative(path)), role_name
+    relative = app.relative(path)
+    verdict = check_role(role, method, relative)
+    for override in overrides:
+        if not verdict.allowed:
+            break
+        if override != method:
+            verdict = check_role(role, override, relative, overridden=True)
+    return verdict, role_name
 
 
-def check_role(role: Role, method: str, path: str) -> Decision:
-    """Deny rules win over allow rules; nothing matched is denied."""
+def check_role(role: Role, method: str, path: str, *, overridden: bool = False) -> Decision:
+    """Deny rules win over allow rules; nothing matched is denied.
+
+    Deny rules match the path case-insensitively (their prefixes are lower-cased at compile).
+    """
+    shown = f"{method} (method override)" if overridden else method
+    folded = None
     for rule in role.deny:
-        if (rule.methods is None or method in rule.methods) and path_has_prefix(path, rule.prefix):
-            return deny(FORBIDDEN, f"{rule.describe(role.name)} denies {method} {path}")
+        if rule.methods is None or method in rule.methods:
+            if folded is None:
+                folded = path.lower()
+            if path_has_prefix(folded if rule.folded else path, rule.prefix):
+                return deny(FORBIDDEN, f"{rule.describe(role.name)} denies {shown} {path}")
     for rule in role.allow:
         if (rule.methods is None or method in rule.methods) and path_has_prefix(path, rule.prefix):
-            return allow(f"{rule.describe(role.name)} allows {method} {path}")
-    return deny(FORBIDDEN, f"no rule of role {role.name!r} allows {method} {path}")
+            return allow(f"{rule.describe(role.name)} allows {shown} {path}")
+    return deny(FORBIDDEN, f"no rule of role {role.name!r} allows {shown} {path}")
+
+
+METHOD_OVERRIDE_HEADERS: Final = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+
+
+def method_overrides(header_values: list[str], query: str) -> tuple[str, ...]:
+    """The methods a backend framework may act on instead of the request's own.
+
+    `header_values`: every value of the METHOD_OVERRIDE_HEADERS (comma lists split); `query`: the
+    raw query string, read for `_method=` (Rails, Laravel, Symfony, method-override for Express)
+    in any case and percent-encoding of the name. Upper-cased, as frameworks compare them.
+    """
+    found: list[str] = []
+    for value in header_values:
+        found.extend(part.strip().upper() for part in value.split(","))
+    if query:
+        for pair in query.split("&"):
+            name, _, value = pair.partition("=")
+            if unquote_plus(name).strip().lower() == "_method":
+                found.append(unquote_plus(value).strip().upper())
+    return tuple(dict.fromkeys(m for m in found if m))

@@ -62,6 +62,9 @@ class Rule:
     index: int
     methods: frozenset[str] | None  # None = any method
     prefix: str
+    # deny rules compare lower-cased: a backend that routes case-insensitively must not serve
+    # /SETTINGS/ to a role denied /settings/ (allow rules stay exact: fail closed)
+    folded: bool = False
 
     def describe(self, role: str) -> str:
         return f"roles.{role}.{self.kind}[{self.index}]"

@@ -34,13 +34,13 @@ Rules, in order:
    that is "." or ".." only after decoding ("%2e", ".%2E", "%2e%2e") is rejected
    ("encoded_dot_segment"). A segment that merely contains dots is a name: "api.." and "api."
    (from "api%2e") stay.
-5. ";" has no special meaning in RFC 3986, so "..;" is not a dot-segment. Tomcat and other
-   servlet containers strip ";params" before resolving dots and read "/..;/admin" as "/../admin"
-   (the front-proxy bypass of Orange Tsai's "Breaking Parser Logic"), so a segment starting with
-   ".;" or "..;" is rejected ("dot_segment_params"). Other ";" are left alone.
+5. ";" path parameters are rejected ("path_params"), raw or encoded as "%3B": RFC 3986 gives
+   ";" no special meaning, but Tomcat, Jetty and Spring strip ";params" from each segment before
+   routing, so "/admin;x" reaches their "/admin" and "/..;/admin" their "/../admin" (Orange
+   Tsai's "Breaking Parser Logic"). A path a backend reads differently is never guessed at.
 6. A trailing slash is preserved; a path ending in "/." or "/.." ends with "/" (RFC 3986).
 
-The common case (only characters allowed raw, no "%", no "//", no dot-segment, no ".;") is
+The common case (only characters allowed raw, no "%", no "//", no dot-segment, no ";") is
 answered after one precompiled regex scan and returns the input unchanged.
 """
 
@@ -63,7 +63,7 @@ REASONS = frozenset(
         "encoded_backslash",
         "encoded_dot_segment",
         "dot_segment_above_root",
-        "dot_segment_params",
+        "path_params",
     }
 )
 
@@ -77,16 +77,15 @@ class AmbiguousPath(ValueError):
 
 
 _UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-# RFC 3986 pchar without pct-encoded: unreserved, sub-delims, ":" and "@".
-_PCHAR = r"A-Za-z0-9\-._~!$&'()*+,;=:@"
+# RFC 3986 pchar without pct-encoded: unreserved, sub-delims, ":" and "@"; without ";", which is
+# rejected (rule 5).
+_PCHAR = r"A-Za-z0-9\-._~!$&'()*+,=:@"
 
 # One scan for the common case: "/" alone, or segments made of characters allowed raw that are
-# not "." or ".." and do not start with ".;" or "..;" (".well-known" and "..." are fine).
+# not "." or ".." (".well-known" and "..." are fine).
 # Possessive quantifiers: a path that fails (a "%" near the end) fails without backtracking.
 _NO_DOT = _PCHAR.replace(".", "")
-_NO_SEMI = _PCHAR.replace(";", "")
-_NO_DOT_SEMI = _NO_DOT.replace(";", "")
-_SEGMENT = rf"(?:[{_NO_DOT}]|\.[{_NO_DOT_SEMI}]|\.\.[{_NO_SEMI}])[{_PCHAR}]*+"
+_SEGMENT = rf"(?:[{_NO_DOT}]|\.[{_NO_DOT}]|\.\.[{_PCHAR}])[{_PCHAR}]*+"
 _FAST = re.compile(rf"/|(?:/{_SEGMENT})++/?")
 _RAW_OTHER = re.compile(rf"[^{_PCHAR}%/]")
 _OVERLONG = re.compile(r"%C[01]%[89AB][0-9A-F]|%E0%[89][0-9A-F]|%F0%8[0-9A-F]", re.IGNORECASE)
@@ -111,6 +110,8 @@ def _build_escape_tables() -> tuple[dict[str, str], dict[str, str]]:
                 reject[spelling] = "encoded_slash"
             elif char == "\\":
                 reject[spelling] = "encoded_backslash"
+            elif char == ";":
+                reject[spelling] = "path_params"
             else:
                 keep[spelling] = "%" + upper
     return keep, reject
@@ -121,6 +122,7 @@ _RAW_REJECT = {
     "\\": "backslash",
     "#": "fragment",
     "?": "query",
+    ";": "path_params",
     "\x00": "nul",
     "\x7f": "control_char",
 }
@@ -186,8 +188,6 @@ def _normalize_slow(raw: str) -> str:
                     raise AmbiguousPath("dot_segment_above_root")
                 out.pop()
                 continue
-            if segment.startswith((".;", "..;")):
-                raise AmbiguousPath("dot_segment_params")
         out.append(segment)
     if not out:
         return "/"
