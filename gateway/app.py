@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp_session import session_middleware
 
 from gateway.policy.diff import diff as policy_diff
@@ -69,8 +70,19 @@ def build_app(holder: PolicyHolder, *, watch_files: bool = True) -> web.Applicat
         handler_args={"max_field_size": 16384},
     )
     app.cleanup_ctx.append(_services(holder, watch_files))
+    app.on_response_prepare.append(name_server)
     app.router.add_route("*", "/{path:.*}", entry)
     return app
+
+
+SERVER_NAME = "gateway"
+
+
+async def name_server(_request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp sends `Server: Python/3.x aiohttp/3.x` (set before this hook runs): versions help
+    only attackers. Another Server header (a backend's own) is passed through as it is."""
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        response.headers["Server"] = SERVER_NAME
 
 
 def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyped-def]

@@ -51,8 +51,10 @@ def error_response(
     request_id: str | None,
     detail: str | None = None,
     headers: dict[str, str] | None = None,
+    title: str | None = None,
 ) -> web.Response:
-    status, title, text = _TEXTS[code]
+    status, default_title, text = _TEXTS[code]
+    title = title or default_title
     if wants_problem_json(request, surface):
         body = {
             "type": "about:blank",

@@ -23,6 +23,7 @@ from gateway.context import RequestContext, context_of
 from gateway.policy import decide
 from gateway.policy.decide import Decision
 from gateway.web.errors import error_response
+from gateway.web.hosts import BadHost, canonical_host
 from gateway.web.identity import identity_headers
 from gateway.web.paths import AmbiguousPath, normalize_path, path_has_prefix
 from gateway.web.resources import SERVICES
@@ -30,7 +31,16 @@ from gateway.web.sessions import current_login
 from gateway.web.upstream.errors import UpstreamError
 from gateway.web.websocket import check_origin
 
+# RFC 6750 section 3: no error code when no credentials came; invalid_token for a wrong or
+# expired key, so a program can tell "configure a key" from "your key is wrong".
 API_KEY_CHALLENGE = 'Bearer realm="gateway", charset="UTF-8"'
+INVALID_KEY_CHALLENGE = (
+    'Bearer realm="gateway", charset="UTF-8", error="invalid_token", '
+    'error_description="The API key is not valid or has expired"'
+)
+NO_KEY_REASON = "no API key presented"
+NO_KEY_DETAIL = "This API needs a key: send it as `Authorization: Bearer <key>` or `X-API-Key`."
+INVALID_KEY_DETAIL = "The API key is not valid or has expired."
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +76,21 @@ def described(request: web.Request) -> Described:
 
 def deny(request: web.Request, ctx: RequestContext, decision: Decision) -> web.Response:
     settle(ctx, decision)
-    headers = None
+    headers = title = detail = None
     if decision.code == decide.UNAUTHENTICATED and ctx.surface == "api":
-        headers = {"WWW-Authenticate": API_KEY_CHALLENGE}
+        title = "Unauthorized"  # written for programs, not "Sign-in required"
+        if decision.reason == NO_KEY_REASON:
+            headers, detail = {"WWW-Authenticate": API_KEY_CHALLENGE}, NO_KEY_DETAIL
+        else:  # a wrong or expired key
+            headers, detail = {"WWW-Authenticate": INVALID_KEY_CHALLENGE}, INVALID_KEY_DETAIL
     return error_response(
         request,
         decision.code or decide.FORBIDDEN,
         surface=ctx.surface,
         request_id=ctx.request_id,
         headers=headers,
+        detail=detail,
+        title=title,
     )
 
 
@@ -84,14 +100,6 @@ def settle(ctx: RequestContext, decision: Decision) -> None:
     ctx.reasons.append(decision.reason)
 
 
-def request_host(host: str | None) -> str | None:
-    """A Host value, lower-cased, without port (IPv6 literals keep their brackets)."""
-    if not host:
-        return None
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.split(":", 1)[0]
 
 
 async def entry(request: web.Request) -> web.StreamResponse:
@@ -99,6 +107,8 @@ async def entry(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     snapshot = ctx.snapshot
     view = described(request)
+    if len(request.headers.getall("Host", ())) > 1:  # the parser refuses these too
+        return deny(request, ctx, decide.deny(decide.BAD_REQUEST, "several Host headers"))
     refusal = locate(ctx, view)
     if refusal is not None:
         return deny(request, ctx, refusal)
@@ -129,11 +139,16 @@ async def entry(request: web.Request) -> web.StreamResponse:
 
 
 def locate(ctx: RequestContext, view: Described) -> Decision | None:
-    """Step 2, first half: the one normalised path (ctx.path) matched, authorised and forwarded."""
+    """Step 2, first half: the one normalised path (ctx.path) and the one canonical host
+    (ctx.host), each matched, authorised and forwarded."""
     try:
         ctx.path = normalize_path(view.raw_path)
     except AmbiguousPath as exc:
         return decide.deny(decide.BAD_REQUEST, f"ambiguous path: {exc.reason}")
+    try:
+        ctx.host = canonical_host(view.host) if view.host else None
+    except BadHost as exc:
+        return decide.deny(decide.BAD_REQUEST, f"invalid Host: {exc}")
     return None
 
 
@@ -145,7 +160,7 @@ async def decide_access(request: web.Request, ctx: RequestContext, view: Describ
     """
     snapshot = ctx.snapshot
     assert ctx.path is not None
-    app = decide.match_route(snapshot, request_host(view.host), ctx.path)
+    app = decide.match_route(snapshot, ctx.host.name if ctx.host else None, ctx.path)
     if app is None:
         return decide.deny(decide.NOT_FOUND, "no app matches host and path")
     ctx.app, ctx.surface = app, app.surface
@@ -169,8 +184,20 @@ async def decide_access(request: web.Request, ctx: RequestContext, view: Describ
         if ctx.auth != "api-key"
         else snapshot.accounts[ctx.principal].grants  # type: ignore[index]
     )
-    verdict, ctx.role = decide.authorize(snapshot, grants, app, view.method, ctx.path)
+    verdict, ctx.role = decide.authorize(
+        snapshot, grants, app, view.method, ctx.path, requested_overrides(view)
+    )
     return verdict
+
+
+def requested_overrides(view: Described) -> tuple[str, ...]:
+    """Method overrides a backend may honour (X-HTTP-Method-Override..., `_method=`)."""
+    headers = view.headers
+    values = [v for name in decide.METHOD_OVERRIDE_HEADERS for v in headers.getall(name, ())]
+    query = view.query[1:]
+    if not values and "%" not in query and "method" not in query.lower():
+        return ()
+    return decide.method_overrides(values, query)
 
 
 def sends_to_sign_in(ctx: RequestContext, view: Described, verdict: Decision) -> bool:
@@ -212,7 +239,7 @@ def authenticate_api(ctx: RequestContext, view: Described) -> Decision:
     """Step 4 on the api surface: a service account's key; passwords never work here."""
     key = presented_api_key(view.headers)
     if key is None:
-        return decide.deny(decide.UNAUTHENTICATED, "no API key presented")
+        return decide.deny(decide.UNAUTHENTICATED, NO_KEY_REASON)
     account = decide.find_account(ctx.snapshot, hashlib.sha256(key.encode()).digest())
     if account is None:
         return decide.deny(decide.UNAUTHENTICATED, "unknown API key")
