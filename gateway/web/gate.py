@@ -100,8 +100,6 @@ def settle(ctx: RequestContext, decision: Decision) -> None:
     ctx.reasons.append(decision.reason)
 
 
-
-
 async def entry(request: web.Request) -> web.StreamResponse:
     """The one catch-all route: the gateway's own pages under {prefix}, else an app."""
     ctx = context_of(request)
