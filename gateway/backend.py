@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 HEADER = "X-Gateway-Assertion"
+REQUEST_ID_HEADER = "X-Gateway-Request-Id"
 REQUEST_KEY = "gateway_identity"
 DEFAULT_ISSUER = "access-gateway"
 MAX_JWKS_BYTES = 1 << 20
@@ -73,8 +74,9 @@ class Identity:
     role: str
     app: str
     auth: str
-    request_id: str
+    token_id: str  # the assertion's jti; one token may serve several requests (up to 30 s)
     claims: Mapping[str, Any]
+    request_id: str | None = None  # X-Gateway-Request-Id, set by gateway_auth_middleware
 
 
 def _keys_from_jwks(document: Any) -> dict[str, jwt.PyJWK]:
@@ -283,7 +285,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
         role=claims["role"],
         app=claims["app"],
         auth=claims["auth"],
-        request_id=claims["jti"],
+        token_id=claims["jti"],
         claims=MappingProxyType(claims),
     )
 
@@ -344,7 +346,7 @@ def gateway_auth_middleware(
                 content_type="application/problem+json",
                 headers={"WWW-Authenticate": 'GatewayAssertion realm="access-gateway"'},
             )
-        request[key] = identity
+        request[key] = replace(identity, request_id=request.headers.get(REQUEST_ID_HEADER))
         return await handler(request)
 
     return gateway_auth

@@ -48,7 +48,7 @@ def assertion(signer: Signer, *, app: str = "console", now: float | None = None,
         "email": "alice@example.com",
         "role": "admin",
         "auth": "password+totp",
-        "request_id": "7d0c1f6e-2b1c-4f3e-9a61-0c7f0e6a5b21",
+        "jti": "7d0c1f6e-2b1c-4f3e-9a61-0c7f0e6a5b21",
     }
     fields.update(kw)
     return mint(signer, app=app, now=time.time() if now is None else now, **fields)
@@ -135,7 +135,7 @@ class TestGatewayVerifier:
             role="admin",
             app="console",
             auth="password+totp",
-            request_id="7d0c1f6e-2b1c-4f3e-9a61-0c7f0e6a5b21",
+            token_id="7d0c1f6e-2b1c-4f3e-9a61-0c7f0e6a5b21",
             claims=identity.claims,
         )
         assert identity.claims["aud"] == "console"

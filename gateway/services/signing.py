@@ -1,8 +1,9 @@
 """Signing keys for `X-Gateway-Assertion`: creation, rotation, the JWKS, and minting tokens.
 
-The gateway signs one short-lived JWT per proxied request (EdDSA over Ed25519, PRODUCT.md
-section 5). The keys live in the state store, the private half sealed with the secret key, so
-every worker and every instance signs with the same key and publishes the same JWKS.
+The gateway signs short-lived JWTs for proxied requests (EdDSA over Ed25519, PRODUCT.md
+section 5); gateway.web.identity reuses one for up to 30 s per principal, app, role and auth.
+The keys live in the state store, the private half sealed with the secret key, so every worker
+and every instance signs with the same key and publishes the same JWKS.
 
 Who uses what:
 
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -157,12 +159,13 @@ def mint(
     role: str,
     app: str,
     auth: str,
-    request_id: str,
     now: float,
+    jti: str | None = None,
     ttl: int = DEFAULT_TOKEN_TTL,
     issuer: str = DEFAULT_ISSUER,
 ) -> str:
-    """The `X-Gateway-Assertion` for one request; `email` is None for service accounts."""
+    """An `X-Gateway-Assertion`; `email` is None for service accounts. `jti` is random unless
+    given: a token may serve several requests (PRODUCT.md section 5), so it is not a request id."""
     if auth not in AUTH_METHODS:
         raise ValueError(f"auth must be one of {sorted(AUTH_METHODS)}, not {auth!r}")
     iat = int(now)
@@ -175,7 +178,7 @@ def mint(
         "auth": auth,
         "iat": iat,
         "exp": iat + ttl,
-        "jti": request_id,
+        "jti": jti or secrets.token_hex(16),
     }
     if email is not None:
         claims["email"] = email

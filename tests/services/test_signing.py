@@ -89,7 +89,7 @@ def mint_for_alice(signer: Signer, now: float | None = None) -> str:
         role="admin",
         app="console",
         auth="password+totp",
-        request_id=str(uuid.uuid4()),
+        jti=str(uuid.uuid4()),
         now=time.time() if now is None else now,
     )
 
@@ -202,7 +202,7 @@ class TestMint:
             role="admin",
             app="console",
             auth="password+totp",
-            request_id="req-1",
+            jti="req-1",
             now=now,
         )
 
@@ -230,7 +230,7 @@ class TestMint:
             role="writer",
             app="protection-api",
             auth="api-key",
-            request_id="req-2",
+            jti="req-2",
             now=time.time(),
         )
 
@@ -249,7 +249,7 @@ class TestMint:
             role="viewer",
             app="console",
             auth="password",
-            request_id="req-3",
+            jti="req-3",
             now=time.time(),
             ttl=30,
             issuer="gw-eu",
@@ -268,7 +268,7 @@ class TestMint:
                 role="viewer",
                 app="console",
                 auth="totp",
-                request_id="req-4",
+                jti="req-4",
                 now=T0,
             )
 
