@@ -14,6 +14,7 @@ from gateway.policy.advice import production_warnings
 from gateway.policy.ipset import parse_client_ip
 from gateway.policy.snapshot import SURFACES, Snapshot
 from gateway.policy.source import load
+from gateway.services.notify.checks import notification_warnings
 
 
 def lockout_warnings(snapshot: Snapshot, client_ip: str) -> list[str]:
@@ -66,6 +67,7 @@ def run_checks(config: Path, client_ip: str | None) -> int:
         return 1
     warnings = [p for p in result.report.warnings]
     extra = production_warnings(result.snapshot)
+    extra += notification_warnings(result.snapshot)
     extra += asyncio.run(two_factor_warnings(result.snapshot))
     if client_ip:
         extra += lockout_warnings(result.snapshot, client_ip)

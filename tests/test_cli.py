@@ -38,9 +38,18 @@ PRODUCTION_ALLOWLISTS = {
 }
 
 
+LEGAL_CONTACT = {"name": "Dana Ops", "email": "dpo@example.com", "role": "DPO"}
+NO_ADVICE = {
+    "allowlists": PRODUCTION_ALLOWLISTS,
+    "security": {"two_factor": {"enforce": "none"}, "legal_contacts": [LEGAL_CONTACT]},
+    "extra_config": {"smtp": {"host": "127.0.0.1", "port": 25, "from": "gw@example.com"}},
+}
+
+
 def production_ready(tmp_path: Path, **overrides):  # type: ignore[no-untyped-def]
-    """A deployment `gateway check` has no advice for: allowlists on, a secret key made."""
-    files = gateway_files(tmp_path, **{"allowlists": PRODUCTION_ALLOWLISTS, **overrides})
+    """A deployment `gateway check` has no advice for: allowlists on, a secret key made, mail
+    configured and a legal contact set."""
+    files = gateway_files(tmp_path, **{**NO_ADVICE, **overrides})
     key = files.root / "state" / "gateway.key"
     key.parent.mkdir(parents=True, exist_ok=True)
     key.write_text("k" * 43 + "\n")
@@ -103,7 +112,7 @@ class TestCheck:
         assert "both allowlists" not in out.stdout
 
     def test_secret_key_from_the_environment_is_enough(self, tmp_path):
-        files = gateway_files(tmp_path, allowlists=PRODUCTION_ALLOWLISTS)
+        files = gateway_files(tmp_path, **NO_ADVICE)
         out = subprocess.run(
             [sys.executable, "-m", "gateway", "check", "--config", str(files.config_file)],
             capture_output=True,

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway.context import context_of
+from gateway.services.notify.runtime import status as notify_status
 from gateway.services.session_store import StateSessionStore
 from gateway.web.resources import SERVICES
 
@@ -64,6 +65,7 @@ async def readyz(request: web.Request) -> web.Response:
         "problems": problems,
         "policy": policy,
         "uptime_s": round(time.time() - services.started_at, 1),
+        **await notify_status(services),  # system messages (section 7.3) and the outbox
     }
     return _json(body, code)
 

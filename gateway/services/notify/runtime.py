@@ -95,3 +95,23 @@ async def remind(services: Services) -> None:
             if 0 < left <= days * 86400:
                 await notifier.password_expiring(snapshot, user.name, expires, days)
                 break
+
+
+async def status(services: Services) -> dict[str, object]:
+    """System messages and outbox state, for readyz (ops_allow clients) and the console."""
+    shown = services.system_messages.shown() if services.system_messages else []
+    outbox: dict[str, object] = {}
+    try:
+        stats = await services.store.outbox_stats()
+    except Exception as exc:
+        outbox = {"error": f"state store unreachable ({type(exc).__name__})"}
+    else:
+        oldest = stats.oldest_pending_at
+        outbox = {
+            "pending": stats.pending,
+            "given_up": stats.failed,
+            "oldest_pending_s": None if oldest is None else round(time.time() - oldest, 1),
+            "last_error": stats.last_error,
+            "smtp_configured": services.holder.current.config.smtp is not None,
+        }
+    return {"system_messages": shown, "outbox": outbox}
