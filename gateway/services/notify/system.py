@@ -100,8 +100,10 @@ def _geoip_condition(snapshot: Snapshot, now: float) -> Condition | None:
 
 
 def _audit_condition(path: Path) -> Condition | None:
-    target = path if path.exists() else path.parent
-    if target.exists() and os.access(target, os.W_OK):
+    target = path
+    while not target.exists() and target.parent != target:
+        target = target.parent  # the writer creates missing folders itself
+    if os.access(target, os.W_OK):
         return None
     return Condition(
         "audit_unwritable",

@@ -1,0 +1,252 @@
+"""Each event of section 7.1 mails exactly what it should, to the right people: a running
+gateway, real HTTP, real edits of its policy files, a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factories import GatewayFiles, RunningGateway, client, gateway_files, running_gateway
+from tests.mail import MailSink, Received, sink, wait_async, wait_for
+from tests.web.test_signin import (
+    PASSWORD,
+    PREFIX,
+    audit_records,
+    fetch,
+    post_form,
+    quick_hash,
+    quick_users,
+    sign_in,
+    wait_for_generation,
+)
+
+ADMINS = ["alice@example.com", "carol@example.com"]
+
+
+def users() -> dict[str, Any]:
+    people = quick_users()
+    people["carol"] = {"email": "carol@example.com", "password_hash": quick_hash(), "admin": True}
+    people["dave"] = {"password_hash": quick_hash(), "admin": True}  # an admin without email
+    return people
+
+
+def notifying_files(tmp_path: Path, smtp_port: int, **security: Any) -> GatewayFiles:
+    return gateway_files(
+        tmp_path,
+        users=users(),
+        security={
+            "two_factor": {"enforce": "none"},
+            "notifications": {"enabled": True, "coalesce": "2s"},
+            "legal_contacts": [{"name": "Dana Ops", "email": "dpo@example.com", "role": "DPO"}],
+            **security,
+        },
+        extra_config={
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "from": "gateway@example.com",
+                "timeout": "2s",
+                "retry_max": "0.5s",
+            },
+            "public_url": "https://dash.example.com",
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def gateway_and_mail(
+    tmp_path: Path, **security: Any
+) -> AsyncIterator[tuple[RunningGateway, MailSink]]:
+    with sink() as server:
+        files = notifying_files(tmp_path, server.port, **security)
+        async with running_gateway(files) as gw:
+            yield gw, server
+
+
+async def settled(gw: RunningGateway) -> bool:
+    from gateway.web.resources import SERVICES
+
+    return (await gw.app[SERVICES].store.outbox_stats()).pending == 0
+
+
+async def quiet(gw: RunningGateway, server: MailSink, count: int) -> list[Received]:
+    """Wait until `count` mails arrived and the outbox is empty; then no more may come."""
+    await wait_for(lambda: len(server.received) >= count, timeout=30)
+    await wait_async(lambda: settled(gw), timeout=30)
+    await asyncio.sleep(0.3)
+    assert len(server.received) == count, [m.subject for m in server.received]
+    return server.received
+
+
+def items(mail: Received) -> list[str]:
+    return [line for line in mail.part("plain").splitlines() if line.startswith("- ")]
+
+
+class TestPolicyChanges:
+    """One mail per reload, listing every change, to every admin with an email."""
+
+    async def test_one_mail_per_reload_lists_every_change(self, tmp_path: Path) -> None:
+        async with gateway_and_mail(tmp_path) as (gw, server):
+            generation = gw.holder.current.generation
+            gw.files.write_policy(
+                "access",
+                {
+                    "protection": {"enabled": False},
+                    "allowlists": {
+                        "dashboard": {"enabled": True, "entries": [{"ip": "127.0.0.0/8"}]},
+                        "api": {"enabled": False},
+                    },
+                },
+            )
+            await wait_for_generation(gw, generation, timeout=30)
+            [network] = await quiet(gw, server, 1)
+
+            generation = gw.holder.current.generation
+            people = users()
+            people["erin"] = {
+                "email": "erin@example.com",
+                "password_hash": quick_hash(),
+                "grants": {"console": "viewer"},
+            }
+            people["bob"]["grants"] = {"console": "editor"}
+            del people["carol"]["admin"]
+            del people["dave"]
+            roles = gw.files.policies["people"]["roles"]
+            gw.files.write_policy("people", {"users": people, "roles": roles})
+            await wait_for_generation(gw, generation, timeout=30)
+            _, access = await quiet(gw, server, 2)
+        assert network.subject == "[gateway] Policy changed: Global protection turned OFF (+2 more)"
+        assert sorted(network.rcpt_tos) == ADMINS
+        assert items(network) == [
+            "- Global protection turned OFF",
+            "- The dashboard allowlist turned ON",
+            "- The dashboard allowlist now has 1 entries (was 0)",
+        ]
+        assert "https://dash.example.com/_gateway/admin/" in network.part("plain")
+        assert "policies/access.yaml" in network.part("plain")
+        assert items(access) == [
+            "- User erin added (invited) as with console: viewer",
+            "- User dave removed",
+            "- User bob grants changed from console: viewer to console: editor",
+            "- User carol is no longer a gateway admin",
+            "- Service account sync removed",
+        ]
+        assert access.rcpt_tos == ("alice@example.com",)  # carol is no admin any more
+        reloaded = [r for r in audit_records(gw.files) if r["event"] == "policy.reloaded"]
+        assert reloaded[0]["changes"] == {
+            "protection": {"enabled": [True, False]},
+            "allowlists": {"dashboard": {"enabled": [False, True], "entries": [0, 1]}},
+        }
+        assert reloaded[1]["changes"]["users"] == {
+            "added": ["erin"],
+            "removed": ["dave"],
+            "grants": {"bob": [{"console": "viewer"}, {"console": "editor"}]},
+            "admin": {"carol": [True, False]},
+        }
+
+    async def test_notifications_turned_off_sends_one_last_mail(self, tmp_path: Path) -> None:
+        async with gateway_and_mail(tmp_path) as (gw, server):
+            generation = gw.holder.current.generation
+            security = dict(gw.files.policies["security"])
+            security["notifications"] = {"enabled": False}
+            gw.files.write_policy("security", security)
+            await wait_for_generation(gw, generation, timeout=30)
+            [last] = await quiet(gw, server, 1)
+            assert "Notifications turned OFF" in last.part("plain")
+            assert sorted(last.rcpt_tos) == ADMINS
+            async with client() as http:  # now nothing else is mailed
+                reply = await sign_in(http, gw, "bob", "wrong password")
+                assert reply.status == 401
+            await asyncio.sleep(1.5)
+            assert len(server.received) == 1
+
+
+class TestSignIn:
+    """A failed sign-in of a known user: admins at once, then one digest per window."""
+
+    async def test_known_user_first_at_once_then_digest(self, tmp_path: Path) -> None:
+        async with gateway_and_mail(tmp_path) as (gw, server), client() as http:
+            assert (await sign_in(http, gw, "bob", "nope-1")).status == 401
+            await wait_for(lambda: len(server.received) == 1)
+            for i in range(3):
+                assert (await sign_in(http, gw, "bob", f"nope-{i + 2}")).status == 401
+            assert (await sign_in(http, gw, "nobody", "nope")).status == 401  # unknown: no mail
+            first, digest = await quiet(gw, server, 2)
+        assert first.subject == "[gateway] Failed sign-in for bob from 127.0.0.1 (country unknown)"
+        assert sorted(first.rcpt_tos) == ADMINS
+        assert "https://dash.example.com/_gateway/admin/users/bob" in first.part("plain")
+        assert "nope" not in first.part("plain") + digest.part("plain")  # never the password
+        assert digest.subject == "[gateway] 3 failed sign-ins for bob from 1 address"
+
+    async def test_password_changed_mails_the_user(self, tmp_path: Path) -> None:
+        async with gateway_and_mail(tmp_path) as (gw, server), client() as http:
+            assert (await sign_in(http, gw, "bob")).status == 302
+            reply = await post_form(
+                http,
+                gw,
+                "password",
+                {
+                    "current_password": PASSWORD,
+                    "new_password": "an-entirely-new-Passphrase-77",
+                    "new_password_confirm": "an-entirely-new-Passphrase-77",
+                },
+            )
+            assert reply.status == 200, reply.text[:300]
+            [mail] = await quiet(gw, server, 1)
+        assert mail.rcpt_tos == ("bob@example.com",)
+        assert mail.subject == "[gateway] Your gateway password was changed"
+        assert "Passphrase" not in mail.part("plain") + mail.part("html")
+
+
+def cleared(files: GatewayFiles) -> int:
+    return sum(
+        1
+        for r in audit_records(files)
+        if r["event"] == "system.message" and r["state"] == "cleared"
+    )
+
+
+class TestSystemMessages:
+    """A rejected policy file: shown in readyz, mailed once, again only after it came back."""
+
+    async def test_rejected_policy_mailed_once_per_appearance(self, tmp_path: Path) -> None:
+        async with gateway_and_mail(tmp_path) as (gw, server):
+            good = gw.files.policies["security"]
+            for round_ in (1, 2):
+                gw.files.write_policy("security", "two_factor: {enforce: maybe}\n")
+                await wait_for(lambda: gw.holder.rejected is not None, timeout=30)
+                await wait_for(lambda n=round_: len(server.received) == n, timeout=30)
+                async with client() as http:
+                    body = json.loads((await fetch(http, "GET", f"{gw.url}{PREFIX}/readyz")).text)
+                [shown] = body["system_messages"]
+                assert shown["key"] == "policy_rejected" and "security.yaml:1" in shown["text"]
+                assert body["outbox"]["smtp_configured"] is True
+                await asyncio.sleep(0.5)  # more reloads of the same broken file: no more mail
+                assert len(server.received) == round_
+                gw.files.write_policy("security", good)
+                await wait_for(lambda: gw.holder.rejected is None, timeout=30)
+                await wait_for(lambda n=round_: cleared(gw.files) == n, timeout=30)
+            mails = await quiet(gw, server, 2)
+        for mail in mails:
+            assert mail.subject.startswith("[gateway] System message: a policy file was rejected")
+            assert sorted(mail.rcpt_tos) == ADMINS
+        events = [r for r in audit_records(gw.files) if r["event"] == "system.message"]
+        assert [r["state"] for r in events][:3] == ["raised", "cleared", "raised"]
+
+
+@pytest.mark.parametrize("ready_path", ["readyz"])
+async def test_readyz_hides_the_outbox_from_others(tmp_path: Path, ready_path: str) -> None:
+    """Only ops_allow clients see system messages and the outbox."""
+    with sink() as server:
+        files = notifying_files(tmp_path, server.port)
+        files.config["ops_allow"] = ["10.0.0.0/8"]
+        files.write()
+        async with running_gateway(files) as gw, client() as http:
+            body = json.loads((await fetch(http, "GET", f"{gw.url}{PREFIX}/{ready_path}")).text)
+    assert "system_messages" not in body and "outbox" not in body
