@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp_session import session_middleware
 
+from gateway import admin
 from gateway.policy.diff import diff as policy_diff
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.source import LoadResult, PolicyHolder, poll, watch
@@ -56,6 +57,7 @@ def build_pages() -> Pages:
     auth_views.register(pages)
     pages.add("authz/auth-request", forward_auth.auth_request, "proxy", forward_auth.METHODS)
     pages.add("authz/forward-auth", forward_auth.forward_auth, "proxy", forward_auth.METHODS)
+    admin.register(pages)  # {prefix}/admin/...: the admin console (gateway/admin/)
     return pages
 
 

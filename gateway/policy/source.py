@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,7 @@ class PolicyHolder:
         self.current = snapshot
         self.last_result: LoadResult | None = None
         self.rejected: LoadResult | None = None  # the newest failed load, until a good one
+        self.last_rejected: tuple[float, LoadResult] | None = None  # kept after a good one
         self._lock = asyncio.Lock()
         self._listeners: list[ReloadListener] = []
 
@@ -150,6 +152,7 @@ class PolicyHolder:
                 self.rejected = None
             else:
                 self.rejected = result
+                self.last_rejected = (time.time(), result)
             for listener in self._listeners:
                 await listener(result, previous)
             return result

@@ -1,7 +1,8 @@
 """Denials and upstream failures: HTML for people, application/problem+json (RFC 9457) for APIs.
 
-Error pages never include request details beyond the request id, so nothing a client sent (or a
-secret) is reflected back.
+An HTML error page says who is signed in, what was denied (method, path and app: never the query
+string, headers or body, which may carry secrets) and offers a way back; every value is escaped.
+problem+json answers carry only the code, a fixed text and the request id.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from gateway.context import CONTEXT_KEY, RequestContext
 from gateway.policy import decide
 from gateway.web.html import message_page
+
+_SAYS_WHO = frozenset({decide.FORBIDDEN, decide.NOT_FOUND, "method_not_allowed"})
+_SAYS_WHAT = _SAYS_WHO | {decide.IP_NOT_ALLOWED}
+_MAX_PATH_SHOWN = 120
 
 _TEXTS: Final[dict[str, tuple[int, str, str]]] = {
     decide.IP_NOT_ALLOWED: (403, "Access denied", "Your network is not allowed to reach this."),
@@ -70,9 +76,52 @@ def error_response(
             content_type="application/problem+json",
             headers=headers,
         )
+    ctx: RequestContext | None = request.get(CONTEXT_KEY)
+    facts, links = _facts_and_ways(request, ctx, code, status)
     return web.Response(
         status=status,
-        text=message_page(title, detail or text, request_id),
+        text=message_page(
+            title,
+            detail or text,
+            request_id,
+            facts=facts,
+            links=links,
+            brand=ctx.snapshot.policy.two_factor.issuer if ctx else "",
+        ),
         content_type="text/html",
         headers=headers,
     )
+
+
+def _facts_and_ways(
+    request: web.Request, ctx: RequestContext | None, code: str, status: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Who is signed in and what was denied, and the links back (PRODUCT.md section 9)."""
+    if ctx is None:
+        return [], [("/", "Go to the start page")]
+    facts: list[tuple[str, str]] = []
+    if code in _SAYS_WHO:
+        if ctx.principal:
+            who = ctx.principal + (f" ({ctx.email})" if ctx.email else "")
+        else:
+            who = "nobody (not signed in)"
+        facts.append(("Signed in as", who))
+    if code in _SAYS_WHAT:
+        path = ctx.path if ctx.path is not None else request.path
+        if len(path) > _MAX_PATH_SHOWN:
+            path = path[:_MAX_PATH_SHOWN] + "…"
+        what = f"{request.method} {path}"
+        if ctx.app is not None:
+            what += f" (app {ctx.app.name})"
+        facts.append(("Denied" if status != 404 else "Not found", what))
+    if code == decide.IP_NOT_ALLOWED and ctx.client_ip:
+        facts.append(("Your address", ctx.client_ip))
+    prefix = ctx.snapshot.prefix
+    links = [("/", "Go to the start page")]
+    if status >= 500:
+        links.insert(0, (request.path if request.method == "GET" else "/", "Try again"))
+    elif ctx.principal and ctx.auth != "api-key":
+        links += [(f"{prefix}/account", "Your account"), (f"{prefix}/logout", "Sign out")]
+    elif code != decide.IP_NOT_ALLOWED:
+        links.append((f"{prefix}/login", "Sign in"))
+    return facts, links

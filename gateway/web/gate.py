@@ -27,7 +27,7 @@ from gateway.web.hosts import BadHost, canonical_host
 from gateway.web.identity import identity_headers
 from gateway.web.paths import AmbiguousPath, normalize_path, path_has_prefix
 from gateway.web.resources import SERVICES
-from gateway.web.sessions import current_login
+from gateway.web.sessions import current_login, note_signed_in
 from gateway.web.upstream.errors import UpstreamError
 from gateway.web.websocket import check_origin
 
@@ -160,6 +160,7 @@ async def decide_access(request: web.Request, ctx: RequestContext, view: Describ
     assert ctx.path is not None
     app = decide.match_route(snapshot, ctx.host.name if ctx.host else None, ctx.path)
     if app is None:
+        await note_signed_in(request, ctx)  # the 404 page says who is signed in
         return decide.deny(decide.NOT_FOUND, "no app matches host and path")
     ctx.app, ctx.surface = app, app.surface
 

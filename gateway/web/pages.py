@@ -18,7 +18,9 @@ from aiohttp import web
 from gateway.context import RequestContext
 from gateway.policy import decide
 from gateway.web.errors import error_response
+from gateway.web.html import COPY_SCRIPT_HASH
 from gateway.web.origin import from_trusted_proxy
+from gateway.web.sessions import note_signed_in
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Access = Literal["open", "ops", "dashboard", "proxy"]
@@ -34,6 +36,7 @@ class Page:
 class Pages:
     def __init__(self) -> None:
         self._table: dict[str, Page] = {}
+        self._mounts: list[tuple[str, Page]] = []
 
     def add(self, path: str, handler: Handler, access: Access, methods: tuple[str, ...]) -> None:
         """path is relative to the prefix, e.g. 'login' or 'admin/'."""
@@ -42,6 +45,19 @@ class Pages:
             names.add("HEAD")
         self._table[path] = Page(frozenset(names), handler, access)
 
+    def mount(self, prefix: str, handler: Handler, access: Access) -> None:
+        """Every path under `prefix` (e.g. 'admin/') goes to `handler`, which routes further
+        and answers 405 itself; the access rule, CSRF check and page headers apply as above."""
+        self._mounts.append((prefix, Page(frozenset({"GET", "HEAD", "POST"}), handler, access)))
+
+    def _find(self, name: str) -> Page | None:
+        page = self._table.get(name)
+        if page is None:
+            for prefix, mounted in self._mounts:
+                if name.startswith(prefix):
+                    return mounted
+        return page
+
     async def dispatch(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         from gateway.web.gate import check_surface, deny
         from gateway.web.resources import SERVICES
@@ -49,11 +65,14 @@ class Pages:
         snapshot = ctx.snapshot
         assert ctx.path is not None
         name = ctx.path[len(snapshot.prefix) :].lstrip("/")
-        page = self._table.get(name)
+        page = self._find(name)
         if page is None and name == "":
             raise web.HTTPFound(f"{snapshot.prefix}/account")
+        if page is None and self._find(name + "/") is not None:
+            raise web.HTTPFound(f"{snapshot.prefix}/{name}/")
         if page is None:
             ctx.surface = "dashboard"
+            await note_signed_in(request, ctx)
             return deny(request, ctx, decide.deny(decide.NOT_FOUND, "no gateway page here"))
         if page.access == "ops":
             ip = ctx.client_addr
@@ -111,7 +130,8 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        f"default-src 'none'; style-src 'unsafe-inline'; script-src '{COPY_SCRIPT_HASH}'; "
+        "img-src 'self' data:; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "Referrer-Policy": "same-origin",

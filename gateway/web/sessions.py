@@ -172,3 +172,16 @@ async def current_login(request: web.Request, ctx: RequestContext) -> Login | No
 def password_version(user: User) -> str:
     """A short tag of the users.yaml hash: changes when an admin resets the password there."""
     return hashlib.sha256(user.password_hash.encode()).hexdigest()[:12]
+
+
+async def note_signed_in(request: web.Request, ctx: RequestContext) -> None:
+    """Before an error page: who is signed in, so the page (and the audit record) can say so.
+
+    Only requests that carry the session cookie pay for the store lookup.
+    """
+    cookie = ctx.snapshot.config.sessions.cookie_name
+    if ctx.principal is not None or not request.cookies.get(cookie):
+        return
+    login = await current_login(request, ctx)
+    if login is not None:
+        ctx.principal, ctx.auth, ctx.email = login.user.name, login.auth, login.user.email
