@@ -200,31 +200,25 @@ def _blocks_backwards(f: BinaryIO, block: int = BLOCK) -> Iterator[bytes]:
     A line still being written at the end (no newline yet) is left out.
     """
     pos = f.seek(0, os.SEEK_END)
-    carry = b""  # the start of a line whose end was in the previous (later) chunk
-    first = True
+    carry = b""  # the end of a line that starts in an earlier block
+    seen_end = False  # found the newline that ends the last complete line
     while pos > 0:
         step = min(block, pos)
         pos -= step
         f.seek(pos)
         data = f.read(step) + carry
-        if first:
+        carry = b""
+        if not seen_end:
             cut = data.rfind(b"\n")
-            data = data[: cut + 1] if cut >= 0 else b""
-            first = False
-            if not data:
-                carry = b""
-                if pos == 0:
-                    return
-                # A single unfinished line larger than the block: read on backwards.
-                continue
+            if cut < 0:
+                continue  # all of it belongs to the unfinished last line
+            data, seen_end = data[: cut + 1], True
         if pos > 0:
             cut = data.find(b"\n")
             if cut < 0:
                 carry = data
                 continue
             carry, data = data[: cut + 1], data[cut + 1 :]
-        else:
-            carry = b""
         if data:
             yield data
 

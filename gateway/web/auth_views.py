@@ -52,6 +52,11 @@ def _url(ctx: RequestContext, name: str) -> str:
     return f"{ctx.snapshot.prefix}/{name}"
 
 
+def _brand(ctx: RequestContext) -> str:
+    """The product's name on the sign-in pages: the name the authenticator app shows too."""
+    return ctx.snapshot.policy.two_factor.issuer
+
+
 def _html(body: str, status: int = 200) -> web.Response:
     return web.Response(text=body, status=status, content_type="text/html")
 
@@ -186,7 +191,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         # reset by an admin) gets the form, not a redirect back to `next` and round again.
         if await current_login(request, ctx) is not None:
             raise web.HTTPFound(next_)
-        return _html(forms.login(_url(ctx, "login"), services.csrf.field(request), next_))
+        return _html(
+            forms.login(_url(ctx, "login"), services.csrf.field(request), next_, brand=_brand(ctx))
+        )
 
     form = await request.post()
     username = str(form.get("username", "")).strip()[:128]
@@ -198,7 +205,14 @@ async def login(request: web.Request) -> web.StreamResponse:
 
     def again(error: str, status: int) -> web.Response:
         return _html(
-            forms.login(_url(ctx, "login"), services.csrf.field(request), next_, username, error),
+            forms.login(
+                _url(ctx, "login"),
+                services.csrf.field(request),
+                next_,
+                username,
+                error,
+                brand=_brand(ctx),
+            ),
             status,
         )
 
@@ -274,7 +288,11 @@ async def logout(request: web.Request) -> web.StreamResponse:
     session.invalidate()
     return _html(
         forms.login(
-            _url(ctx, "login"), services.csrf.field(request), "/", notice="You are signed out."
+            _url(ctx, "login"),
+            services.csrf.field(request),
+            "/",
+            notice="You are signed out.",
+            brand=_brand(ctx),
         )
     )
 
@@ -292,6 +310,7 @@ def _banned_out(request: web.Request, session: Session, user: str) -> web.Respon
         _services(request).csrf.field(request),
         "/",
         error="Too many failed attempts. Try again later.",
+        brand=_brand(ctx),
     )
     return _html(page_, 429)
 
@@ -306,7 +325,12 @@ async def verify(request: web.Request) -> web.StreamResponse:
     action = _url(ctx, "2fa/verify")
     if request.method in ("GET", "HEAD"):
         return _html(
-            forms.verify(action, services.csrf.field(request), logout=_logout_footer(request, ctx))
+            forms.verify(
+                action,
+                services.csrf.field(request),
+                logout=_logout_footer(request, ctx),
+                brand=_brand(ctx),
+            )
         )
     form = await request.post()
     code = str(form.get("code", ""))[:64]
@@ -349,6 +373,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
                 services.csrf.field(request),
                 _failure_message(error, attempt, rules),
                 logout=_logout_footer(request, ctx),
+                brand=_brand(ctx),
             ),
             401,
         )
@@ -374,7 +399,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
             f"You have <strong>{left}</strong> recovery code{'s' if left != 1 else ''} "
             f'left.</div><p>If you lost your phone, <a href="{account}">set up a new '
             f"one and get new recovery codes</a> on your account page.</p>"
-            f'<p><a href="{escape(done.location)}">Continue</a></p>'
+            f'<a class="button" href="{escape(done.location)}">Continue</a>'
         )
         return _html(page("Signed in with a recovery code", body))
 

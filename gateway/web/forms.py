@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
+from urllib.parse import quote
 
 from gateway.web.html import page
 
@@ -29,7 +30,9 @@ def login(
     username: str = "",
     error: str | None = None,
     notice: str | None = None,
+    brand: str = "",
 ) -> str:
+    """`brand`: the product's name (two_factor.issuer), shown above the heading."""
     body = f"""<h1>Sign in</h1>{_alert(error, notice)}
 <form method="post" action="{escape(action)}">{csrf}{_hidden("next", next_)}
 <label for="username">Username</label>
@@ -38,10 +41,12 @@ def login(
 <label for="password">Password</label>
 <input type="password" id="password" name="password" autocomplete="current-password" required>
 <button type="submit">Sign in</button></form>"""
-    return page("Sign in", body)
+    return page(f"Sign in · {brand}" if brand else "Sign in", body, brand=brand)
 
 
-def verify(action: str, csrf: str, error: str | None = None, logout: str = "") -> str:
+def verify(
+    action: str, csrf: str, error: str | None = None, logout: str = "", brand: str = ""
+) -> str:
     body = f"""<h1>Two-factor authentication</h1>{_alert(error)}
 <p>Enter the 6-digit code from your authenticator app.</p>
 <form method="post" action="{escape(action)}">{csrf}
@@ -50,7 +55,7 @@ def verify(action: str, csrf: str, error: str | None = None, logout: str = "") -
  autocapitalize="none" spellcheck="false" required autofocus aria-describedby="code-help">
 <p id="code-help" class="muted">Lost your phone? Enter one of your recovery codes instead.</p>
 <button type="submit">Verify</button></form>"""
-    return page("Two-factor authentication", body, footer=logout)
+    return page("Two-factor authentication", body, footer=logout, brand=brand)
 
 
 def enroll(
@@ -107,6 +112,9 @@ On your phone you can also <a href="{escape(uri)}">open it in your authenticator
 
 
 def recovery_codes(codes: Sequence[str], continue_to: str, *, regenerated: bool = False) -> str:
+    """Shown once. Copy and Print are buttons of the optional script (hidden without it); the
+    download is a data: link and printing without the script is the browser's own (the print
+    style sheet leaves only the codes on paper)."""
     items = "".join(
         f'<li><code data-recovery-code="{escape(c)}">{escape(c)}</code></li>' for c in codes
     )
@@ -115,13 +123,22 @@ def recovery_codes(codes: Sequence[str], continue_to: str, *, regenerated: bool 
         if regenerated
         else "Two-factor authentication is on."
     )
+    text = "Recovery codes (each works once):\n" + "\n".join(codes) + "\n"
+    download = "data:text/plain;charset=utf-8," + quote(text)
     body = f"""<h1>Save your recovery codes</h1>
-<div class="notice" role="status">{escape(lead)}</div>
-<p>If you lose your phone, each of these codes signs you in once. Store them somewhere safe,
-like a password manager. <strong>They are shown only this once.</strong></p>
-<ol class="codes">{items}</ol>
-<p><a href="{escape(continue_to)}">I have saved my codes — continue</a></p>"""
-    return page("Save your recovery codes", body)
+<div class="notice no-print" role="status">{escape(lead)}</div>
+<p class="no-print">If you lose your phone, each of these codes signs you in once. Store them
+somewhere safe, like a password manager. <strong>They are shown only this once.</strong></p>
+<p class="print-only">Recovery codes: each signs you in once.</p>
+<ol class="codes" id="recovery-codes">{items}</ol>
+<div class="actions no-print">
+<a class="button secondary" href="{escape(download)}" download="recovery-codes.txt">Download</a>
+<button type="button" class="secondary" data-copy-target="recovery-codes" hidden>Copy</button>
+<button type="button" class="secondary" data-print hidden>Print</button>
+</div>
+<p class="muted no-print">To print them, print this page: only the codes go on paper.</p>
+<a class="button no-print" href="{escape(continue_to)}">I have saved my codes — continue</a>"""
+    return page("Save your recovery codes", body, script=True)
 
 
 def password(
