@@ -220,7 +220,8 @@ def main() -> None:
                 ref[name].append(run_reference(audit, needle))
         export_runs.append(run_ours(audit, {"event": "admin.*"}, 1, export=True))
     rows = [
-        "| query | first page (s), median | tac+grep -m 50 (s) | ratio | peak RSS over start (MiB) |",
+        "| query | first page (s), median | tac+grep -m 50 (s) | ratio "
+        "| peak RSS over start (MiB) |",
         "|---|---|---|---|---|",
     ]
     for name, _fields, _page, needle in QUERIES:

@@ -23,9 +23,7 @@ class TestAuditSearch:
                 assert (await sign_in(other, gw, "bob", "wrong-password")).status == 401
         await signed_in_admin(http, gw)
         await wait_for_audit(gw.files, "login.failure", 3)
-        reply = await fetch(
-            http, "GET", f"{gw.url}{ADMIN}audit?event=login.failure&principal=bob"
-        )
+        reply = await fetch(http, "GET", f"{gw.url}{ADMIN}audit?event=login.failure&principal=bob")
         assert reply.status == 200, reply.text[:300]
         assert reply.text.count("<td>login.failure</td>") == 3
         form = Form(reply.text)
@@ -93,8 +91,8 @@ class TestUserPage:
             after = await fetch(http, "GET", f"{gw.url}{ADMIN}users/bob")
             assert "1 session(s) of bob ended." in after.text
             gone = await fetch(bob, "GET", f"{gw.url}/")
-            assert gone.status == 302 and gone.location and gone.location.startswith(
-                f"{PREFIX}/login"
+            assert (
+                gone.status == 302 and gone.location and gone.location.startswith(f"{PREFIX}/login")
             )
         records = await wait_for_audit(gw.files, "admin.sessions.revoked")
         assert records[0]["principal"] == "alice"

@@ -57,7 +57,8 @@ def trail(tmp_path: Path) -> list[Path]:
     for m in range(100):
         fields: dict[str, Any] = {}
         if m % 10 == 3:
-            fields = {"event": "login.failure", "principal": "bob", "decision": "deny:unauthenticated"}
+            fields = {"event": "login.failure", "principal": "bob"}
+            fields["decision"] = "deny:unauthenticated"
         if m % 10 == 5:
             fields = {"event": "admin.trusted_ip.added", "client_ip": "203.0.113.9"}
         if m % 25 == 7:
