@@ -140,11 +140,11 @@ async def _act(admin: Admin, user: User) -> web.StreamResponse:
     action = str(form.get("action", "")) or ("mark_safe" if form.get("cidr") else "")
     store = admin.services.store
     if action == "end_sessions":
-        ended = await store.sessions_revoke_user(user.name)
+        ended = await admin.services.sessions.revoke_user(user.name)
         admin.audit("admin.sessions.revoked", user=user.name, sessions_revoked=ended)
         return await _done(admin, user, f"{ended} session(s) of {user.name} ended.")
     if action == "reset_2fa":
-        ended = await accounts.reset_2fa(store, user.name)
+        ended = await accounts.reset_2fa(store, admin.services.sessions, user.name)
         admin.audit("admin.totp.reset", user=user.name, sessions_revoked=ended)
         return await _done(admin, user, f"2FA of {user.name} reset; {ended} session(s) ended.")
     if action == "unlock":
