@@ -22,7 +22,7 @@ from gateway.admin import secops
 from gateway.admin.console import Admin
 from gateway.admin.layout import confirm, render, table, td, when
 from gateway.policy.snapshot import User
-from gateway.services import accounts
+from gateway.services import accounts, regulation
 
 NOTICE = "admin_notice"
 _CONFIRM = {
@@ -103,7 +103,8 @@ async def page(
     store = admin.services.store
     now = time.time()
     enrolled = await accounts.enrolled(store, user.name)
-    banned = await accounts.banned_until(store, [f"user:{user.name}"], now)
+    ban = await store.ban_get(regulation.user_subject(user.name))
+    banned = ban if ban is not None and ban > now else None
     facts = [
         ("Email", user.email or "—"),
         ("Gateway admin", "yes" if user.admin else "no"),
