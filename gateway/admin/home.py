@@ -7,7 +7,7 @@ from html import escape
 
 from aiohttp import web
 
-from gateway.admin import secops
+from gateway.admin import providers, secops
 from gateway.admin.console import Admin
 from gateway.admin.layout import render, table, td, when
 
@@ -50,19 +50,18 @@ async def _banner(admin: Admin) -> str:
 
 
 async def _system_messages(admin: Admin) -> str:
-    provider = admin.services.console.messages
-    if provider is None:
-        return NOT_CONFIGURED
     try:
-        messages = await provider.system_messages()
+        messages = await providers.system_messages(admin.services)
     except Exception:
         log.exception("admin_system_messages_failed")
         return '<p class="error">System messages could not be read.</p>'
+    if messages is None:
+        return NOT_CONFIGURED
     if not messages:
         return '<p class="good">Nothing needs your attention.</p>'
     items = "".join(
-        f'<li><strong class="warn">{escape(m.text)}</strong> '
-        f'<span class="muted">since {escape(when(m.since))}</span></li>'
+        f'<li><strong class="warn">{escape(m.text)}</strong> {escape(m.action)} '
+        f'<span class="muted">(since {escape(m.since[:19].replace("T", " "))} UTC)</span></li>'
         for m in messages
     )
     return f'<ul aria-label="System messages">{items}</ul>'
@@ -101,17 +100,16 @@ def _policy(admin: Admin) -> str:
 
 
 async def _outbox(admin: Admin) -> str:
-    provider = admin.services.console.outbox
-    if provider is None:
-        return NOT_CONFIGURED
     try:
-        stats = await provider.outbox_stats()
+        stats = await providers.outbox(admin.services)
     except Exception:
         log.exception("admin_outbox_failed")
         return '<p class="error">The outbox could not be read.</p>'
+    if stats is None:
+        return NOT_CONFIGURED
     facts = [
         ("Pending", str(stats.pending)),
-        ("Given up", str(stats.failed)),
+        ("Given up", str(stats.given_up)),
         ("Last error", stats.last_error or "none"),
     ]
     rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)

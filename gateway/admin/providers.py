@@ -1,43 +1,42 @@
-"""What the console's home page shows about parts other modules own, behind two small protocols.
-
-The notifications module fills them (`services.console.messages`, `services.console.outbox`);
-until it does, or in a deployment without it, the home page says "not configured yet" instead of
-guessing. Both protocols are structural: an object with these methods and fields plugs in.
+"""What the console's home page shows about parts the notifications module owns: the system
+messages in force (PRODUCT.md 7.3) and the outbox (7.2). Each reader returns None when that part
+is not running in this process, and the page then says "not configured yet" instead of guessing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.web.resources import Services
 
 
-class SystemMessageLike(Protocol):
-    key: str
+@dataclass(frozen=True, slots=True)
+class Message:
     text: str
-    since: float
+    action: str  # what the operator should do
+    since: str  # ISO 8601
 
 
-class OutboxStatsLike(Protocol):
+@dataclass(frozen=True, slots=True)
+class Outbox:
     pending: int
-    failed: int  # given up
+    given_up: int
     last_error: str | None
 
 
-class SystemMessages(Protocol):
-    async def system_messages(self) -> list[SystemMessageLike]:
-        """Conditions an operator must act on (PRODUCT.md 7.3), oldest first."""
-        ...
+async def system_messages(services: Services) -> list[Message] | None:
+    system = services.system_messages
+    if system is None:
+        return None
+    return [
+        Message(str(m["text"]), str(m.get("action") or ""), str(m["since"])) for m in system.shown()
+    ]
 
 
-class OutboxStatus(Protocol):
-    async def outbox_stats(self) -> OutboxStatsLike:
-        """Pending and given-up notifications and the newest delivery error (PRODUCT.md 7.2)."""
-        ...
-
-
-@dataclass
-class ConsoleProviders:
-    """Filled at start-up by whoever owns the data; None: not configured yet."""
-
-    messages: SystemMessages | None = None
-    outbox: OutboxStatus | None = None
+async def outbox(services: Services) -> Outbox | None:
+    if services.sender is None:
+        return None
+    stats = await services.store.outbox_stats()
+    return Outbox(stats.pending, stats.failed, stats.last_error)

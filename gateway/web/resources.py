@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.admin.providers import ConsoleProviders
 from gateway.policy.source import PolicyHolder
 from gateway.services.metrics import Metrics
 from gateway.services.regulation import SignInGuard
@@ -43,7 +42,6 @@ class Services:
     notifier: Notifier | None = None  # the outbox's door (section 7)
     sender: Sender | None = None
     system_messages: SystemMessages | None = None
-    console: ConsoleProviders = field(default_factory=ConsoleProviders)  # admin home's sources
 
 
 SERVICES = web.AppKey("gateway.services", Services)

@@ -51,6 +51,9 @@ class TestAccess:
         assert "<h1>Gateway admin</h1>" in reply.text
         for section in ("System messages", "Policy", "Notification outbox", "Legal contacts"):
             assert f"<h2>{section}</h2>" in reply.text
+        assert "<dt>Pending</dt><dd>0</dd>" in reply.text  # the outbox
+        assert "No legal contacts in the policy" in reply.text
+        assert "No policy file was rejected" in reply.text
         assert reply.headers["Cache-Control"] == "no-store"
         assert "frame-ancestors 'none'" in reply.headers["Content-Security-Policy"]
 
