@@ -203,7 +203,10 @@ pid $run/nginx.pid;
 error_log $log/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    # Which instance answered (and, after a connection error, which ones were tried).
+    log_format cluster '\$msec \$status \$request_method \$uri upstream=\$upstream_addr '
+                       'upstream_status=\$upstream_status';
+    access_log $log/nginx-access.log cluster buffer=64k flush=1s;
     client_body_temp_path $run/nginx-client-body;
     proxy_temp_path $run/nginx-proxy;
     fastcgi_temp_path $run/nginx-fastcgi;

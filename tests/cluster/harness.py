@@ -134,6 +134,20 @@ def cluster(
         client.close()
 
 
+async def audit_verify(files: GatewayFiles) -> subprocess.CompletedProcess[str]:
+    """`gateway audit verify` of the cluster's trail, against the heads in its state store."""
+    import sys
+
+    command = [sys.executable, "-m", "gateway", "audit", "verify", "--config"]
+    return await asyncio.to_thread(
+        subprocess.run,
+        [*command, str(files.config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _logs(root: Path) -> str:
     out = []
     for path in sorted((root / "log").glob("*.log")):

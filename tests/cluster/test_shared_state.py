@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster, Node, cluster, echo_backend
+from tests.cluster.harness import Cluster, Node, audit_verify, cluster, echo_backend
 from tests.factories import client
 from tests.web.test_signin import (
     PREFIX,
@@ -156,19 +154,12 @@ class TestSigningKeys:
 
 class TestAudit:
     async def test_each_instance_its_own_chain_and_all_verify(self, three: Cluster) -> None:
-        verify = [sys.executable, "-m", "gateway", "audit", "verify"]
         async with client() as http:
             for node in three.nodes:
                 await fetch(http, "GET", f"{node.url}{PREFIX}/healthz")
         await asyncio.sleep(1.2)  # heads reach the state store every second
         assert len({r["chain"] for r in _audit(three)}) >= 3
-        out = await asyncio.to_thread(
-            subprocess.run,
-            [*verify, "--config", str(three.files.config_file)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = await audit_verify(three.files)
         assert out.returncode == 0, out.stdout + out.stderr
 
 
