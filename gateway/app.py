@@ -125,7 +125,12 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
                 _every(SESSION_PURGE_INTERVAL, lambda: sessions.purge_expired(time.time()))
             ),
             asyncio.create_task(
-                _every(REVALIDATE_EVERY, lambda: services.forwarder.sockets.revalidate(store))
+                _every(
+                    REVALIDATE_EVERY,
+                    lambda: services.forwarder.sockets.revalidate(
+                        sessions, holder.current.config.sessions.idle_timeout
+                    ),
+                )
             ),
         ]
         tasks += notify_runtime.start(services)  # outbox sender, system messages, retention

@@ -20,19 +20,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from gateway.policy import decide
 from gateway.policy.snapshot import Snapshot
+from gateway.services.store import SessionRecord
 
 REVALIDATE_EVERY: Final = 5.0
+TOUCH_EVERY: Final = 60.0  # as gateway.web.sessions: last-seen moves on at most once a minute
 CLOSE_POLICY: Final = 1008  # RFC 6455: policy violation
 
 
 class SessionLookup(Protocol):
-    async def session_get(self, sid_hash: str) -> object | None: ...
+    """The part of the session store (gateway.services.session_store) re-validation needs."""
+
+    async def get(self, sid_hash: str, now: float, idle_timeout: float) -> SessionRecord | None: ...
+
+    async def update(
+        self,
+        sid_hash: str,
+        user: str | None,
+        data: dict[str, Any],
+        *,
+        now: float,
+        idle_timeout: float,
+    ) -> bool: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -133,15 +148,24 @@ class LiveSockets:
                 count += 1
         return count
 
-    async def revalidate(self, store: SessionLookup) -> int:
-        """End dashboard sockets whose session is gone from the (maybe shared) store."""
+    async def revalidate(self, sessions: SessionLookup, idle_timeout: float) -> int:
+        """End dashboard sockets whose session is gone from the (maybe shared) session store.
+
+        One `get` per socket, judged without the idle timeout (the open socket is activity);
+        the session's last-seen time is moved on as a request would, so the session store
+        (Redis expires idle sessions by itself) keeps it while the socket is open.
+        """
         now = time.time()
         count = 0
+        touch_every = min(TOUCH_EVERY, idle_timeout / 10)
         for live in [s for s in self._open if s.sid_hash is not None and not s.ended.is_set()]:
             assert live.sid_hash is not None
-            record = await store.session_get(live.sid_hash)
-            expires = getattr(record, "expires_at", None)
-            if record is None or (expires is not None and now >= expires):
+            record = await sessions.get(live.sid_hash, now, math.inf)
+            if record is None:
                 live.end("the session ended")
                 count += 1
+            elif now - record.last_seen >= touch_every:
+                await sessions.update(
+                    record.sid_hash, record.user, record.data, now=now, idle_timeout=idle_timeout
+                )
         return count

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.web.live_sockets import REVALIDATE_EVERY
 from tests.cluster.harness import Cluster, Node, audit_verify, cluster, echo_backend
 from tests.factories import client
 from tests.web.test_signin import (
@@ -25,6 +26,7 @@ from tests.web.test_signin import (
     sign_in,
 )
 from tests.web.test_two_factor import VERIFY, enroll, submit_code, totp_code
+from tests.web.test_websocket import assert_ended
 
 
 def _user(admin: bool = False) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def _user(admin: bool = False) -> dict[str, Any]:
 
 USERS = {
     name: {**_user(admin=name.startswith("totp")), "email": f"{name}@example.com"}
-    for name in ("anna", "ben", "cleo", "dora", "totp1", "load1", "load2")
+    for name in ("anna", "ben", "cleo", "dora", "totp1", "load1", "load2", "wsuser")
 }
 SECURITY = {
     "two_factor": {"enforce": "admins", "issuer": "Cluster"},
@@ -101,6 +103,23 @@ class TestSessions:
             if r["event"] == "request" and r.get("principal") == "anna"
         }
         assert len(chains) == 3  # every instance served some
+
+
+class TestWebSockets:
+    async def test_socket_through_nginx_ends_at_sign_out_on_another_instance(
+        self, three: Cluster
+    ) -> None:
+        async with client() as http:
+            assert (await sign_in(http, three.lb, "wsuser")).status == 302
+            ws = await http.ws_connect(f"{three.url}/live", headers={"Origin": three.url})
+            await ws.send_str("hi")
+            assert (await ws.receive_str(timeout=5)) == "echo:hi"
+            await asyncio.sleep(REVALIDATE_EVERY + 0.5)  # re-validated once against Redis
+            await ws.send_str("still")
+            assert (await ws.receive_str(timeout=5)) == "echo:still"
+            assert (await post_form(http, three.nodes[1], "logout", {})).status == 200
+            await assert_ended(ws, within=REVALIDATE_EVERY + 3)
+            await ws.close()
 
 
 class TestSharedProtection:
