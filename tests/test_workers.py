@@ -24,7 +24,9 @@ class TestWorkers:
                 sent = 0
                 for _ in range(60):
                     sent += 1
-                    async with http.get(f"{url}/api/x", headers=KEY) as r:
+                    # a new connection each time: SO_REUSEPORT spreads connections, not requests
+                    fresh = {**KEY, "Connection": "close"}
+                    async with http.get(f"{url}/api/x", headers=fresh) as r:
                         assert r.status == 200
                 # every worker must pick up the change on its own
                 files.write_policy(
