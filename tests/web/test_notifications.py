@@ -6,17 +6,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.factories import GatewayFiles, RunningGateway, client, gateway_files, running_gateway
+from gateway.demo.mailsink import SinkHandler
+from tests.factories import (
+    GatewayFiles,
+    RunningGateway,
+    client,
+    gateway_files,
+    gateway_process,
+    running_gateway,
+)
 from tests.mail import MailSink, Received, sink, wait_async, wait_for
 from tests.web.test_signin import (
     PASSWORD,
     PREFIX,
+    Form,
     audit_records,
     fetch,
     post_form,
@@ -250,3 +261,121 @@ async def test_readyz_hides_the_outbox_from_others(tmp_path: Path, ready_path: s
         async with running_gateway(files) as gw, client() as http:
             body = json.loads((await fetch(http, "GET", f"{gw.url}{PREFIX}/{ready_path}")).text)
     assert "system_messages" not in body and "outbox" not in body
+
+
+class SlowHandler(SinkHandler):
+    """While `hold` is set, DATA is kept waiting and then refused (a send cut off midway)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.held: list[str] = []  # Message-IDs of the sends that were held
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.hold.is_set():
+            text = envelope.content.decode(errors="replace")  # type: ignore[union-attr]
+            self.held.append(
+                next(
+                    line.split(":", 1)[1].strip()
+                    for line in text.splitlines()
+                    if line.lower().startswith("message-id:")
+                )
+            )
+            for _ in range(300):
+                if not self.hold.is_set():
+                    break
+                await asyncio.sleep(0.1)
+            return "451 4.3.0 held"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A fresh schema on the test PostgreSQL; yields a state: URL using it."""
+    import secrets
+
+    import asyncpg
+
+    from tests.services.conftest import POSTGRES_URL
+
+    admin = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    schema = f"t_{secrets.token_hex(6)}"
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES_URL}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+class TestSeveralProcesses:
+    """Gateway processes sharing a state store send each notification once."""
+
+    async def test_two_instances_on_postgresql(self, tmp_path: Path) -> None:
+        async with postgres_schema() as state:
+            with sink() as server:
+                files = notifying_files(tmp_path, server.port)
+                files.config["state"] = state
+                files.write()
+                async with (
+                    gateway_process(files) as (url_a, _a),
+                    gateway_process(files) as (url_b, _b),
+                ):
+                    files.write_policy(
+                        "access",
+                        {
+                            "protection": {"enabled": False},
+                            "allowlists": {
+                                "dashboard": {"enabled": False},
+                                "api": {"enabled": False},
+                            },
+                        },
+                    )
+                    await wait_for(lambda: len(server.received) >= 1, timeout=30)
+                    for url in (url_a, url_b, url_a):
+                        async with client() as http:
+                            await fetch_login(http, url, "bob", "wrong-password")
+                    await wait_for(lambda: len(server.received) >= 3, timeout=30)
+                    await asyncio.sleep(2.5)  # two processes, a second policy mail would show
+                mails = server.received
+        subjects = sorted(m.subject for m in mails)
+        assert subjects == [
+            "[gateway] 2 failed sign-ins for bob from 1 address",
+            "[gateway] Failed sign-in for bob from 127.0.0.1 (country unknown)",
+            "[gateway] Policy changed: Global protection turned OFF",
+        ], subjects
+        assert len({m.message_id for m in mails}) == 3
+
+    async def test_kill_9_of_the_process_holding_a_lease(self, tmp_path: Path) -> None:
+        handler = SlowHandler()
+        handler.hold.set()
+        with sink(handler=handler) as server:
+            files = notifying_files(tmp_path, server.port)
+            async with gateway_process(files) as (url, proc):
+                async with client() as http:
+                    await fetch_login(http, url, "bob", "wrong-password")
+                await wait_for(lambda: len(handler.held) == 1, timeout=30)
+                proc.kill()  # SIGKILL while its send waits for the server's answer
+                await proc.wait()
+            handler.hold.clear()
+            async with gateway_process(files):  # the lease runs out; this one sends it
+                await wait_for(lambda: len(server.received) == 1, timeout=30)
+                await asyncio.sleep(1.0)
+            [mail] = server.received
+        assert mail.message_id == handler.held[0]  # the same notification, recognisably
+        assert mail.subject == "[gateway] Failed sign-in for bob from 127.0.0.1 (country unknown)"
+        sent = [r for r in audit_records(files) if r["event"] == "notification.sent"]
+        assert [r["message_id"] for r in sent] == [mail.message_id]
+
+
+async def fetch_login(http: aiohttp.ClientSession, url: str, user: str, password: str) -> None:
+    """The login form of a gateway process, posted with its CSRF token."""
+    page = await fetch(http, "GET", f"{url}{PREFIX}/login")
+    token = Form(page.text).csrf
+    reply = await fetch(
+        http,
+        "POST",
+        f"{url}{PREFIX}/login",
+        data={"username": user, "password": password, "csrf_token": token},
+    )
+    assert reply.status == 401, reply.status
