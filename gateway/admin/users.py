@@ -147,6 +147,10 @@ async def _act(admin: Admin, user: User) -> web.StreamResponse:
     if action == "reset_2fa":
         ended = await accounts.reset_2fa(store, admin.services.sessions, user.name)
         admin.audit("admin.totp.reset", user=user.name, sessions_revoked=ended)
+        if admin.services.notifier is not None:  # the user hears of it (PRODUCT.md 7.1)
+            await admin.services.notifier.two_factor_reset(
+                admin.ctx.snapshot, user.name, f"admin {admin.user.name}"
+            )
         return await _done(admin, user, f"2FA of {user.name} reset; {ended} session(s) ended.")
     if action == "unlock":
         await accounts.unlock(store, user.name)

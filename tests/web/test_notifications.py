@@ -379,3 +379,25 @@ async def fetch_login(http: aiohttp.ClientSession, url: str, user: str, password
         data={"username": user, "password": password, "csrf_token": token},
     )
     assert reply.status == 401, reply.status
+
+
+class TestConsole:
+    """The admin console: a 2FA reset mails the user; home shows messages, outbox, contacts."""
+
+    async def test_reset_2fa_by_an_admin_and_the_home_page(self, tmp_path: Path) -> None:
+        async with gateway_and_mail(tmp_path) as (gw, server), client() as http:
+            assert (await sign_in(http, gw, "alice")).status == 302
+            reply = await post_form(http, gw, "admin/users/bob", {"action": "reset_2fa"})
+            assert reply.status == 303, reply.text[:300]
+            [mail] = await quiet(gw, server, 1)
+            gw.files.write_policy("security", "two_factor: {enforce: maybe}\n")
+            await wait_for(lambda: gw.holder.rejected is not None, timeout=30)
+            await quiet(gw, server, 2)
+            home = await fetch(http, "GET", f"{gw.url}{PREFIX}/admin/")
+        assert mail.rcpt_tos == ("bob@example.com",)
+        assert mail.subject == "[gateway] Your two-factor authentication was reset by an admin"
+        assert "admin alice" in mail.part("plain")
+        assert home.status == 200
+        assert "a policy file was rejected" in home.text  # the system message
+        assert "Dana Ops" in home.text and "dpo@example.com" in home.text
+        assert "Pending" in home.text and "not configured yet" not in home.text
