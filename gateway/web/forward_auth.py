@@ -167,7 +167,12 @@ async def auth_request(request: web.Request) -> web.StreamResponse:
     if view is not None and gate.sends_to_sign_in(ctx, view, decision):
         headers[LOGIN_HEADER] = gate.login_url(ctx, view)
     if decision.code == decide.UNAUTHENTICATED and ctx.surface == "api":
-        headers["WWW-Authenticate"] = gate.API_KEY_CHALLENGE  # nginx passes it to the client
+        # nginx passes a 401's WWW-Authenticate on to the client.
+        headers["WWW-Authenticate"] = (
+            gate.API_KEY_CHALLENGE
+            if decision.reason == gate.NO_KEY_REASON
+            else gate.INVALID_KEY_CHALLENGE
+        )
     return web.Response(status=_NGINX_STATUS.get(decision.code or "", 403), headers=headers)
 
 

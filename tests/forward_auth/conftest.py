@@ -94,7 +94,10 @@ async def backends() -> AsyncIterator[Backends]:
 
 
 def forward_auth_files(
-    root: Path, backends: Backends, allowlists: dict[str, Any] | None = None
+    root: Path,
+    backends: Backends,
+    allowlists: dict[str, Any] | None = None,
+    security: dict[str, Any] | None = None,
 ) -> GatewayFiles:
     return gateway_files(
         root,
@@ -103,6 +106,7 @@ def forward_auth_files(
         users=users(),
         accounts=accounts(),
         allowlists=allowlists,
+        security=security,
         extra_config={"trusted_proxies": [PROXY_PEER]},
     )
 

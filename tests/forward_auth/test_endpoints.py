@@ -54,7 +54,7 @@ def traefik(
     }
 
 
-async def session_cookie(gw: RunningGateway, user: str = "alice") -> str:
+async def session_cookie(gw: RunningGateway, user: str = "alice", then: str = "/") -> str:
     """Sign in as the proxy would route it: from the trusted peer, for the client 203.0.113.7."""
     via = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
     async with client() as http:
@@ -69,6 +69,7 @@ async def session_cookie(gw: RunningGateway, user: str = "alice") -> str:
             headers={**via, "Cookie": f"gateway_csrf={page.cookie_value('gateway_csrf')}"},
         )
     assert reply.status == 302, reply.text[:300]
+    assert reply.location == then
     assert "Secure" in (reply.set_cookie("gateway_session") or "")
     return f"gateway_session={reply.cookie_value('gateway_session')}"
 
@@ -172,6 +173,19 @@ class TestTraefikShape:
             headers = [*traefik("GET", "/").items(), ("X-Forwarded-Uri", "/api/x")]
             reply = await fetch(http, "GET", f"{gw.url}{FORWARD_AUTH}", headers=headers)
         assert reply.status == 400
+
+
+async def test_a_half_finished_sign_in_reaches_nothing(tmp_path: Path, backends: Backends):
+    """Password accepted, 2FA enrollment still due: the session decides nothing yet."""
+    files = forward_auth_files(tmp_path, backends, security={"two_factor": {"enforce": "all"}})
+    async with running_gateway(files, watch_files=False) as gw:
+        cookie = await session_cookie(gw, "bob", then=f"{PREFIX}/2fa/enroll")
+        page = await ask(gw, traefik("GET", "/reports", Cookie=cookie))
+        call = await ask(gw, traefik("DELETE", "/reports", Cookie=cookie))
+    assert page.status == 302
+    assert page.location == f"{PREFIX}/login?next=%2Freports"
+    assert call.status == 401
+    assert "X-Gateway-User" not in page.headers
 
 
 class TestShippedTraefikConfig:

@@ -145,6 +145,23 @@ class TestSignInThroughTheProxy:
         )
         assert allowed["request_id"] == seen["x-gateway-request-id"]
 
+    async def test_sign_out_through_the_proxy_ends_access_at_once(self, front: Front):
+        async with client(CLIENT) as http:
+            assert (await sign_in(http, front, "bob", "/")).status == 302
+            assert (await fetch(http, "GET", f"{front.url}/r")).status == 200
+            page = await fetch(http, "GET", f"{front.url}{PREFIX}/logout")
+            out = await fetch(
+                http,
+                "POST",
+                f"{front.url}{PREFIX}/logout",
+                data={"csrf_token": Form(page.text).csrf},
+                headers={"Origin": front.url},
+            )
+            assert out.status in (200, 302, 303)
+            after = await fetch(http, "GET", f"{front.url}/r")
+        assert after.status == 302
+        assert front.backends.console_hits == ["GET /r"]
+
     async def test_post_without_session_is_a_401_not_a_redirect(self, front: Front):
         async with client(CLIENT) as http:
             reply = await fetch(http, "POST", f"{front.url}/things", data={"a": "1"})
@@ -201,6 +218,8 @@ class TestApiSurface:
             write = await fetch(http, "DELETE", f"{front.url}/api/items/1", headers=viewer)
         assert missing.status == wrong.status == 401
         assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "invalid_token" not in missing.headers["WWW-Authenticate"]
+        assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
         assert read.status == 200
         assert write.status == 403
         assert front.backends.api_hits == ["GET /api/items"]
