@@ -102,7 +102,8 @@ def render_caddyfile(folder: Path, *, listen: str, gateway: str, console: str, a
     text = _replace(
         (DEPLOY / "Caddyfile").read_text(),
         {
-            "dash.example.com {": f"http://{listen} {{",
+            # Only the given address: a site address alone binds every interface.
+            "dash.example.com {": f"http://{listen} {{\n\tbind {listen.rsplit(':', 1)[0]}",
             "gateway:8080": gateway,
             "console:3000": console,
             "protection-api:4000": api,

@@ -111,6 +111,10 @@ def forward_auth_files(
     )
 
 
+class PortTaken(RuntimeError):
+    """The free port was taken by someone else before the proxy bound it."""
+
+
 @contextlib.asynccontextmanager
 async def process(argv: list[str], port: int, log: Path) -> AsyncIterator[None]:
     """A proxy process; ready once its port accepts connections; ended by its pid."""
@@ -122,7 +126,10 @@ async def process(argv: list[str], port: int, log: Path) -> AsyncIterator[None]:
     try:
         for _ in range(200):
             if proc.returncode is not None:
-                raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {log.read_text()[-2000:]}")
+                text = log.read_text()
+                if "address already in use" in text.lower():
+                    raise PortTaken(text[-500:])
+                raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {text[-2000:]}")
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
@@ -149,23 +156,41 @@ def _hostport(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
+async def _front(
+    kind: str, root: Path, backends: Backends, files: GatewayFiles, cache: bool
+) -> AsyncIterator[Front]:
+    async with running_gateway(files, watch_files=False) as gw:
+        folder = root / kind
+        for attempt in range(3):  # the machine is shared: a free port may be gone by bind time
+            port = free_port()
+            addresses = {
+                "listen": f"127.0.0.1:{port}",
+                "gateway": f"127.0.0.1:{gw.port}",
+                "console": _hostport(backends.console),
+                "api": _hostport(backends.api),
+            }
+            if kind == "nginx":
+                argv = front_proxy.nginx_argv(
+                    front_proxy.render_nginx(folder, **addresses, cache=cache)
+                )
+            else:
+                argv = front_proxy.caddy_argv(front_proxy.render_caddyfile(folder, **addresses))
+            try:
+                async with process(argv, port, folder / f"{kind}.log"):
+                    yield Front(f"http://127.0.0.1:{port}", gw, backends, folder)
+                return
+            except PortTaken:
+                if attempt == 2:
+                    raise
+
+
+@contextlib.asynccontextmanager
 async def nginx_front(
     root: Path, backends: Backends, *, cache: bool = False, allowlists: dict[str, Any] | None = None
 ) -> AsyncIterator[Front]:
     files = forward_auth_files(root / "gw", backends, allowlists)
-    async with running_gateway(files, watch_files=False) as gw:
-        port = free_port()
-        folder = root / "nginx"
-        config = front_proxy.render_nginx(
-            folder,
-            listen=f"127.0.0.1:{port}",
-            gateway=f"127.0.0.1:{gw.port}",
-            console=_hostport(backends.console),
-            api=_hostport(backends.api),
-            cache=cache,
-        )
-        async with process(front_proxy.nginx_argv(config), port, folder / "nginx.log"):
-            yield Front(f"http://127.0.0.1:{port}", gw, backends, folder)
+    async with _front("nginx", root, backends, files, cache) as front:
+        yield front
 
 
 @contextlib.asynccontextmanager
@@ -173,15 +198,5 @@ async def caddy_front(
     root: Path, backends: Backends, *, allowlists: dict[str, Any] | None = None
 ) -> AsyncIterator[Front]:
     files = forward_auth_files(root / "gw", backends, allowlists)
-    async with running_gateway(files, watch_files=False) as gw:
-        port = free_port()
-        folder = root / "caddy"
-        config = front_proxy.render_caddyfile(
-            folder,
-            listen=f"127.0.0.1:{port}",
-            gateway=f"127.0.0.1:{gw.port}",
-            console=_hostport(backends.console),
-            api=_hostport(backends.api),
-        )
-        async with process(front_proxy.caddy_argv(config), port, folder / "caddy.log"):
-            yield Front(f"http://127.0.0.1:{port}", gw, backends, folder)
+    async with _front("caddy", root, backends, files, False) as front:
+        yield front
