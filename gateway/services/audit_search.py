@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -30,11 +29,12 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from gateway.services import audit_rotate
+
 BLOCK = 1024 * 1024
 ORDER_SLACK = timedelta(seconds=60)
 _TS_START = b'{"ts":"'
 _TS_END = len(_TS_START) + len("2026-01-01T00:00:00.000Z")
-_ROTATED_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 
 #: The form's filter fields (PRODUCT.md section 10), in the order the page shows them.
 FILTER_FIELDS = ("since", "until", "event", "principal", "client_ip", "app", "decision")
@@ -175,23 +175,9 @@ def _ip_matches(wanted: str, value: object) -> bool:
 def trail_files(path: Path) -> list[Path]:
     """The audit file and its rotated files (`audit.path` plus a date), newest first.
 
-    Compressed rotations (`.gz`) are not searched: say so in the docs rather than decompress
-    gigabytes inside the gateway.
+    Compressed copies (`.gz`, made by an operator's own tooling) are not searched.
     """
-    out: list[tuple[tuple[int, float], Path]] = []
-    if path.parent.is_dir():
-        for candidate in path.parent.iterdir():
-            name = candidate.name
-            if not name.startswith(path.name) or name == path.name or name.endswith(".gz"):
-                continue
-            found = _ROTATED_DATE.search(name[len(path.name) :])
-            if found is None or not candidate.is_file():
-                continue
-            day = int("".join(found.groups()))
-            out.append(((day, candidate.stat().st_mtime), candidate))
-    out.sort(reverse=True)
-    current = [path] if path.is_file() else []
-    return current + [p for _, p in out]
+    return list(reversed(audit_rotate.trail_files(path)))
 
 
 def _blocks_backwards(f: BinaryIO, block: int = BLOCK) -> Iterator[bytes]:
