@@ -27,12 +27,14 @@ GET_POST = GET | {"POST"}
 
 
 def register(pages: Pages) -> None:
-    from gateway.admin import audit_page, home, users
+    from gateway.admin import audit_page, home, incidents, trusted_ips, users
     from gateway.admin.console import Console, Route
 
     routes = [
         Route(re.compile(""), GET, home.view),
         Route(re.compile("audit"), GET, audit_page.view),
+        Route(re.compile("incidents"), GET_POST, incidents.view),
+        Route(re.compile("trusted-ips"), GET_POST, trusted_ips.view),
         Route(re.compile("users"), GET, users.index),
         Route(re.compile(r"users/(?P<name>[^/]+)"), GET_POST, users.view),
     ]

@@ -72,11 +72,11 @@ def _policy(admin: Admin) -> str:
     snapshot = admin.ctx.snapshot
     files = holder.last_result.files if holder.last_result else ()
     facts = [
-        ("Generation", str(snapshot.generation)),
-        ("Fingerprint", snapshot.fingerprint[:16]),
-        ("Files", ", ".join(files) or "—"),
+        ("Generation", escape(str(snapshot.generation))),
+        ("Fingerprint", f"<code>{escape(snapshot.fingerprint[:16])}</code>"),
+        ("Files", "<br>".join(f"<code>{escape(f)}</code>" for f in files) or "—"),
     ]
-    rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
+    rows = "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in facts)
     out = f'<dl class="facts">{rows}</dl>'
     if snapshot.warnings:
         items = "".join(f"<li>{escape(w)}</li>" for w in snapshot.warnings)
