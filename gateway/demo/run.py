@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.demo import front_proxy
 from gateway.demo.backends import api_app, dashboard_app
+from gateway.demo.mailsink import MailSink
 from gateway.services.passwords import hash_password
 
 DEMO_DIR = Path(".demo")
@@ -33,6 +34,9 @@ secret_key_file: state/gateway.key
 audit: {{path: audit/audit.jsonl}}
 sessions: {{idle_timeout: 30m, max_age: 12h}}
 policies: policies
+public_url: {public_url}
+# the demo's own mailbox (a local SMTP sink): see the mails at {public_url}/mail
+smtp: {{host: 127.0.0.1, port: {smtp_port}, from: gateway@demo.localhost, security: none}}
 apps:
   console:
     surface: dashboard
@@ -60,6 +64,12 @@ allowlists:
 SECURITY = """two_factor: {enforce: admins, issuer: Gateway Demo}
 password_policy: {min_length: 12, min_strength: 3, max_age_days: 0, history: 5}
 login_regulation: {max_failures: 5, window: 10m, ban: 15m}
+# Admins get a mail for every policy change (try protection.enabled: false in access.yaml),
+# failed sign-ins of known users (repeats within `coalesce` in one digest) and incidents.
+notifications: {enabled: true, recipients: admins, coalesce: 1m}
+retention: {login_history_days: 90, audit_days: 365, incidents_days: 180}
+legal_contacts:
+  - {name: Dana Ops, email: dpo@demo.localhost, role: Data Protection Officer}
 roles:
   viewer: {allow: [{methods: [GET, HEAD]}]}
   editor: {allow: [{methods: ["*"]}], deny: [{path: /settings/}]}
@@ -95,7 +105,14 @@ service_accounts:
 
 
 def write_demo_files(
-    base: Path, port: int, dash_port: int, api_port: int, *, behind_proxy: bool = False
+    base: Path,
+    port: int,
+    dash_port: int,
+    api_port: int,
+    *,
+    behind_proxy: bool = False,
+    smtp_port: int = 2525,
+    front_port: int | None = None,
 ) -> str:
     """(Re)write the demo's config; keeps people and state from an earlier run. -> the API key.
 
@@ -108,6 +125,8 @@ def write_demo_files(
             dash_port=dash_port,
             api_port=api_port,
             trusted=trusted if behind_proxy else "",
+            smtp_port=smtp_port,
+            public_url=f"http://127.0.0.1:{front_port or port}",
         )
     )
     (base / "policies" / "access.yaml").write_text(ACCESS)
@@ -134,7 +153,16 @@ async def _serve(port: int, shown_dir: str, forward_auth: bool) -> None:
         print("nginx is not installed (Debian: apt-get install nginx-light): running without it.")
         forward_auth = False
     front_port, port = (port, _free_port()) if forward_auth else (port, port)
-    api_key = write_demo_files(DEMO_DIR, port, dash_port, api_port, behind_proxy=forward_auth)
+    mailbox = MailSink(_free_port()).start()  # the demo's mail: shown at /mail
+    api_key = write_demo_files(
+        DEMO_DIR,
+        port,
+        dash_port,
+        api_port,
+        behind_proxy=forward_auth,
+        smtp_port=mailbox.port,
+        front_port=front_port,
+    )
     config = DEMO_DIR / "gateway.yaml"
     result = load(config)
     if result.snapshot is None:
@@ -144,7 +172,7 @@ async def _serve(port: int, shown_dir: str, forward_auth: bool) -> None:
     base = f"http://127.0.0.1:{front_port}"
     runners = []
     for app, p in (
-        (dashboard_app(f"{base}/_gateway/jwks.json"), dash_port),
+        (dashboard_app(f"{base}/_gateway/jwks.json", mailbox), dash_port),
         (api_app(), api_port),
         (build_app(initial_holder(config, result)), port),
     ):
@@ -169,6 +197,8 @@ Access gateway demo
      bob   / {PASSWORDS["bob"]}     (role viewer, no 2FA required)
   API           curl -H 'Authorization: Bearer {api_key}' {base}/api/status
   Your account  {base}/_gateway/account
+  Mailbox       {base}/mail    (mail the gateway sent: toggle protection in
+                policies/access.yaml and watch the notice arrive)
   Health        {base}/_gateway/readyz    Metrics {base}/_gateway/metrics
   Files         {shown_dir} (edit policies/ and watch them reload)
 Press Ctrl-C to stop.
@@ -187,6 +217,7 @@ Press Ctrl-C to stop.
             await nginx.wait()
         for runner in reversed(runners):
             await runner.cleanup()
+        mailbox.stop()
 
 
 def _nginx_config(listen_port: int, gateway_port: int, dash_port: int, api_port: int) -> Path:
