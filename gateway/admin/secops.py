@@ -53,7 +53,7 @@ async def user_activity(admin: Admin, user: User, *, form: dict[str, str] | None
         ("Requests, last 24 h", str(activity.requests_24h)),
         ("Countries, last 24 h", ", ".join(activity.countries_24h) or "none"),
     ]
-    out = '<dl class="facts">' + "".join(
+    out = '<h2>Last 24 hours</h2><dl class="facts">' + "".join(
         f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts
     )
     if activity.incident is not None:

@@ -130,7 +130,7 @@ async def page(
         f'<a class="button secondary small" href="{ask["reset_2fa"]}">Reset 2FA…</a>'
         f"{unlock}</div>"
     )
-    body = f'<dl class="facts">{rows}</dl><h2>Sessions and sign-in</h2>{actions}{activity}'
+    body = f'<dl class="facts">{rows}</dl><h2>Sessions, sign-in ban, 2FA</h2>{actions}{activity}'
     return render(
         admin, f"User {user.name}", body, section="users", error=error, notice=notice, status=status
     )

@@ -46,6 +46,9 @@ button.secondary,a.button.secondary{background:transparent;color:var(--accent)}
 button.danger{background:var(--bad);border-color:var(--bad);color:var(--on-accent)}
 button.small,a.button.small{display:inline-block;width:auto;margin:0;padding:.2rem .6rem;
 font-size:.85rem}
+main.wide form button:not(.small){display:inline-block;width:auto;padding:.55rem 1.5rem}
+main.wide input[type=text],main.wide textarea{max-width:36rem}
+td.nowrap,.nowrap{white-space:nowrap}
 .actions{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center;margin-top:1rem}
 .actions button,.actions a.button{width:auto;margin:0}
 .error{color:var(--bad);border-left:4px solid var(--bad);padding:.4rem .8rem;margin:1rem 0}
