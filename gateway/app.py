@@ -28,6 +28,7 @@ from gateway.services.audit import AuditLog
 from gateway.services.metrics import Metrics
 from gateway.services.notify import runtime as notify_runtime
 from gateway.services.readiness import two_factor_warning
+from gateway.services.removed_users import end_sessions_of_removed_users
 from gateway.services.secret_key import load_secret_key
 from gateway.services.session_store import open_session_store
 from gateway.services.signing import REFRESH_INTERVAL, KeyRing
@@ -234,6 +235,7 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
             await notify_runtime.after_reload(services, previous, None, None, [])
             return
         settle_heap()
+        await end_sessions_of_removed_users(services.sessions, audit, previous, new)
         services.forwarder.sockets.recheck(new)
         services.metrics.policy_generation.set(new.generation)
         for warning in new.warnings:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
-import hashlib
-import secrets
+import ipaddress
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,13 +12,21 @@ from pathlib import Path
 
 import orjson
 
-from gateway import cli_schema, cli_signin
+from gateway import cli_schema, cli_secrets, cli_signin
 from gateway.cli_notify import VERBS as NOTIFY_VERBS
 from gateway.cli_notify import add_parsers as add_notify_parsers
 from gateway.policy.source import LoadResult, load
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_WARNINGS = 0, 1, 2, 3
 DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def _ip_argument(text: str) -> str:
+    """An IP address, else a usage error (exit 2) naming the value."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "explain", parents=[common], help="the decision for a request, step by step"
     )
-    ex.add_argument("--surface", required=True, choices=["dashboard", "api"])
-    ex.add_argument("--ip", required=True)
+    ex.add_argument(
+        "--surface",
+        choices=["dashboard", "api"],
+        help="default: the surface of the app the path matches",
+    )
+    ex.add_argument("--ip", required=True, type=_ip_argument)
     who = ex.add_mutually_exclusive_group()
     who.add_argument("--user")
     who.add_argument("--account")
@@ -53,14 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("method")
     ex.add_argument("path")
 
-    sub.add_parser(
-        "hash-password", parents=[common], help="argon2id hash for users.yaml (stdin or prompt)"
-    )
-
-    apikey = sub.add_parser("apikey", parents=[common], help="service account keys")
-    apikey_sub = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = apikey_sub.add_parser("create", parents=[common], help="print a new key and its hash")
-    create.add_argument("name")
+    cli_secrets.add_parsers(sub, common)
 
     user = sub.add_parser("user", parents=[common], help="act on a user's account")
     user_sub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -141,7 +144,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.cli_checks import run_checks
 
-    return run_checks(args.config, args.client_ip)
+    try:
+        return run_checks(args.config, args.client_ip)
+    except Exception as exc:  # `check` answers in words, never with a traceback
+        print(f"error: the check could not finish ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EXIT_INVALID
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -163,38 +170,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     print(out.render())
     return EXIT_OK if out.decision == "allow" else EXIT_INVALID
-
-
-def cmd_hash_password(args: argparse.Namespace) -> int:
-    from gateway.services.passwords import MAX_PASSWORD_LENGTH, hash_password
-
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            print("the two passwords differ", file=sys.stderr)
-            return EXIT_USAGE
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        print("empty password", file=sys.stderr)
-        return EXIT_USAGE
-    if len(password) > MAX_PASSWORD_LENGTH:
-        print(f"longer than {MAX_PASSWORD_LENGTH} characters", file=sys.stderr)
-        return EXIT_USAGE
-    print(hash_password(password))
-    return EXIT_OK
-
-
-def cmd_apikey(args: argparse.Namespace) -> int:
-    key = "gwk_" + secrets.token_urlsafe(32)
-    print(f"key: {key}")
-    print(f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}")
-    print(
-        f"# put key_sha256 under service_accounts.{args.name} in policies/; "
-        "the key is shown only now",
-        file=sys.stderr,
-    )
-    return EXIT_OK
 
 
 def _with_store(args: argparse.Namespace, job: Callable[..., Awaitable[int]]) -> int:
@@ -279,32 +254,58 @@ def cmd_audit(args: argparse.Namespace) -> int:
         path = args.path or _audit_path(args.config)
         if path is None:
             return EXIT_INVALID
+        if not path.exists():
+            print(
+                f"no audit trail at {path} yet: the gateway writes it once it runs", file=sys.stderr
+            )
+            return EXIT_INVALID
         records = follow(path, args.n) if args.follow else tail(path, args.n)
         for record in records:
             sys.stdout.write(orjson.dumps(record).decode() + "\n")
             sys.stdout.flush()
         return EXIT_OK
 
-    async def job(snapshot, store, audit) -> int:  # type: ignore[no-untyped-def]
-        await audit.close()  # this command writes nothing to the file it checks
-        heads = [(h.chain, h.seq, h.hash) for h in await store.audit_heads()]
-        from gateway.services.secret_key import load_secret_key
+    # A read-only verb: it opens the key and the state store only if they exist already.
+    from gateway.cli_readonly import secret_key_if_present, store_if_present
+    from gateway.services.audit_rotate import trail_files
 
-        key = load_secret_key(snapshot.paths.secret_key_file).derive("audit-chain")
-        from gateway.services.audit_rotate import trail_files
-
-        paths = args.path or trail_files(snapshot.paths.audit_file)
-        report = verify(paths, key, heads)
-        for problem in report.problems:
-            print(problem)
-        state = "ok" if report.ok else "FAILED"
+    result = _load_or_report(args.config)
+    if result is None or result.snapshot is None:
+        return EXIT_INVALID
+    snapshot = result.snapshot
+    paths = args.path or trail_files(snapshot.paths.audit_file)
+    missing = [p for p in paths if not p.exists()] if args.path else []
+    if not paths or missing:
+        where = missing[0] if missing else snapshot.paths.audit_file
+        print(f"no audit trail at {where} yet: the gateway writes it once it runs", file=sys.stderr)
+        return EXIT_INVALID
+    key = secret_key_if_present(snapshot)
+    if key is None:
         print(
-            f"{state}: {report.records} records in {report.chains} chain(s), "
-            f"{len(report.problems)} problem(s)"
+            f"no secret key at {snapshot.paths.secret_key_file} (nor GATEWAY_SECRET_KEY): "
+            "the trail can only be verified with the key that wrote it",
+            file=sys.stderr,
         )
-        return EXIT_OK if report.ok else EXIT_INVALID
+        return EXIT_INVALID
 
-    return _with_store(args, job)
+    async def chain_heads() -> list[tuple[str, int, str]]:
+        store = await store_if_present(snapshot)
+        if store is None:
+            return []
+        try:
+            return [(h.chain, h.seq, h.hash) for h in await store.audit_heads()]
+        finally:
+            await store.close()
+
+    report = verify(paths, key.derive("audit-chain"), asyncio.run(chain_heads()))
+    for problem in report.problems:
+        print(problem)
+    state = "ok" if report.ok else "FAILED"
+    print(
+        f"{state}: {report.records} records in {report.chains} chain(s), "
+        f"{len(report.problems)} problem(s)"
+    )
+    return EXIT_OK if report.ok else EXIT_INVALID
 
 
 def _audit_path(config: Path) -> Path | None:
@@ -349,8 +350,8 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
     "explain": cmd_explain,
-    "hash-password": cmd_hash_password,
-    "apikey": cmd_apikey,
+    "hash-password": cli_secrets.cmd_hash_password,
+    "apikey": cli_secrets.cmd_apikey_create,
     "user": cmd_user,
     "unlock": cli_signin.cmd_unlock,
     "audit": cmd_audit,

@@ -36,13 +36,18 @@ def lockout_warnings(snapshot: Snapshot, client_ip: str) -> list[str]:
 
 
 async def two_factor_warnings(snapshot: Snapshot) -> list[str]:
+    from gateway.cli_readonly import state_store_exists, store_if_present
     from gateway.services.readiness import two_factor_warning
-    from gateway.services.store import open_store
 
     if snapshot.policy.two_factor.enforce == "none":
         return []
+    if not state_store_exists(snapshot):
+        # No state yet, so nobody has enrolled; `check` never creates the database.
+        warning = await two_factor_warning(snapshot, None)
+        return [warning] if warning else []
     try:
-        store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
+        store = await store_if_present(snapshot)
+        assert store is not None
     except Exception as exc:  # reported, not fatal for a validity check
         return [
             f"state store {snapshot.config.state!r} not reachable ({exc}); "

@@ -114,7 +114,8 @@ def write_demo_files(
     smtp_port: int = 2525,
     front_port: int | None = None,
 ) -> str:
-    """(Re)write the demo's config; keeps people and state from an earlier run. -> the API key.
+    """(Re)write the demo's config (its ports change); the policies, people and state of an
+    earlier run are kept: the README invites editing them. -> the API key.
 
     behind_proxy: nginx on this machine is in front (forward-auth mode) and trusted."""
     (base / "policies").mkdir(parents=True, exist_ok=True)
@@ -129,8 +130,9 @@ def write_demo_files(
             public_url=f"http://127.0.0.1:{front_port or port}",
         )
     )
-    (base / "policies" / "access.yaml").write_text(ACCESS)
-    (base / "policies" / "security.yaml").write_text(SECURITY)
+    for name, text in (("access.yaml", ACCESS), ("security.yaml", SECURITY)):
+        if not (base / "policies" / name).exists():
+            (base / "policies" / name).write_text(text)
     credentials = base / "credentials.txt"
     people = base / "policies" / "people.yaml"
     if people.exists() and credentials.exists():

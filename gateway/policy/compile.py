@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from gateway.policy.ipset import CompiledIPSet
@@ -22,6 +23,32 @@ from gateway.policy.snapshot import (
     User,
 )
 from gateway.services.passwords import PasswordRules, strictest
+
+S = TypeVar("S")
+T = TypeVar("T")
+
+
+class CompileError(Exception):
+    """A validated value that still cannot be compiled; `path` is its key path."""
+
+    def __init__(self, where: str, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.where = where  # "config" (gateway.yaml) or "policy" (policies/*.yaml)
+        self.path = path
+        self.message = message
+
+
+def _each(
+    where: str, path: tuple[str | int, ...], items: Iterable[tuple[str, S]], build: Callable[..., T]
+) -> dict[str, T]:
+    """build(name, spec) for every item; a failure names the item's key path."""
+    out = {}
+    for name, spec in items:
+        try:
+            out[name] = build(name, spec)
+        except Exception as exc:  # any failure: a value the validators let through
+            raise CompileError(where, (*path, name), f"cannot be compiled: {exc}") from exc
+    return out
 
 
 def _ipset(networks: Iterable[str]) -> CompiledIPSet:
@@ -123,21 +150,30 @@ def compile_snapshot(
     fingerprint: str,
     warnings: Iterable[str] = (),
 ) -> Snapshot:
-    routes = [_route(name, spec, config) for name, spec in config.apps.items()]
+    routes = list(
+        _each(
+            "config", ("apps",), config.apps.items(), lambda n, spec: _route(n, spec, config)
+        ).values()
+    )
     by_host, default = _route_tables(routes)
-    surfaces = {
-        name: SurfacePolicy(
+    surfaces = _each(
+        "policy",
+        ("allowlists",),
+        ((name, getattr(policy.allowlists, name)) for name in SURFACES),
+        lambda name, spec: SurfacePolicy(
             name=name,
-            allowlist_enabled=getattr(policy.allowlists, name).enabled,
-            allowlist=_ipset(e.ip for e in getattr(policy.allowlists, name).entries),
-            entries=getattr(policy.allowlists, name).entries,
+            allowlist_enabled=spec.enabled,
+            allowlist=_ipset(e.ip for e in spec.entries),
+            entries=spec.entries,
             monitor=getattr(policy.protection.mode, name) == "monitor",
-        )
-        for name in SURFACES
-    }
+        ),
+    )
     enforce = policy.two_factor.enforce
-    users = {
-        name: User(
+    users = _each(
+        "policy",
+        ("users",),
+        policy.users.items(),
+        lambda name, spec: User(
             name=name,
             email=spec.email,
             password_hash=spec.password_hash,
@@ -145,19 +181,21 @@ def compile_snapshot(
             grants=MappingProxyType(dict(spec.grants)),
             requires_2fa=enforce == "all" or (enforce == "admins" and spec.admin),
             password_rules=_password_rules(policy, spec.grants),
-        )
-        for name, spec in policy.users.items()
-    }
-    accounts = {
-        name: ServiceAccount(
+        ),
+    )
+    accounts = _each(
+        "policy",
+        ("service_accounts",),
+        policy.service_accounts.items(),
+        lambda name, spec: ServiceAccount(
             name=name,
             key_digest=bytes.fromhex(spec.key_sha256),
             grants=MappingProxyType(dict(spec.grants)),
             allow=_ipset(spec.allow) if spec.allow is not None else None,
             expires_at=_expiry(spec.expires),
-        )
-        for name, spec in policy.service_accounts.items()
-    }
+        ),
+    )
+    roles = _each("policy", ("roles",), policy.roles.items(), _role)
     return Snapshot(
         generation=generation,
         fingerprint=fingerprint,
@@ -175,6 +213,6 @@ def compile_snapshot(
         users=MappingProxyType(users),
         accounts_by_digest=MappingProxyType({a.key_digest: a for a in accounts.values()}),
         accounts=MappingProxyType(accounts),
-        roles=MappingProxyType({n: _role(n, r) for n, r in policy.roles.items()}),
+        roles=MappingProxyType(roles),
         warnings=tuple(warnings),
     )

@@ -36,7 +36,7 @@ class Explanation:
 def explain(
     snapshot: Snapshot,
     *,
-    surface: str,
+    surface: str | None = None,
     ip: str,
     method: str,
     path: str,
@@ -64,7 +64,7 @@ def explain(
         f"{route.name} (prefix {route.prefix}, surface {route.surface}, "
         f"upstream {route.upstream}{route.upstream_target(normal)})",
     )
-    if route.surface != surface:
+    if surface is not None and route.surface != surface:
         out.add("surface", f"note: the path belongs to the {route.surface} surface, not {surface}")
     verdict = decide.check_allowlist(
         snapshot.surfaces[route.surface],

@@ -87,12 +87,35 @@ def _prefix(value: str) -> str:
 
 
 def _date(value: object) -> dt.date:
-    if isinstance(value, dt.date):
-        return value
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if not isinstance(value, dt.date):
+        try:
+            value = dt.date.fromisoformat(str(value)[:32])
+        except ValueError:
+            raise ValueError(f"expected a date like 2027-06-30, got {value!r}"[:160]) from None
+    # The day after must exist too (an expiry is the end of the day); 9999-12-31 has none.
+    if value.year >= 9999:
+        raise ValueError(f"{value.isoformat()} is too far ahead; use a date before 9999")
+    return value
+
+
+def _upstream(value: str) -> str:
+    """An http(s) URL whose host and port parse: what the forwarder will be given."""
     try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"expected a date like 2027-06-30, got {value!r}") from None
+        url = urlsplit(value)
+        port = url.port
+        host = url.hostname
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid URL ({exc})") from None
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{value!r}: the port must be 1-65535")
+    if url.username is not None or url.password is not None:
+        # Never echoed: the message reaches logs, the audit trail and readyz.
+        raise ValueError("credentials in the URL are not supported (the value is not shown)")
+    return value
 
 
 # What editors see (the JSON Schema of `gateway schema`): the text forms people write in YAML.
@@ -153,7 +176,9 @@ class AppTimeouts(Model):
 class AppSpec(Model):
     surface: Surface
     match: AppMatch = AppMatch()
-    upstream: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+    upstream: Annotated[
+        str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$"), AfterValidator(_upstream)
+    ]
     strip_prefix: bool = False
     timeouts: AppTimeouts = AppTimeouts()
 

@@ -136,7 +136,11 @@ def merge_policy_files(
 
 
 def validate_policy(
-    sources: Sequence[SourceFile], config: GatewayConfig | None, report: ConfigReport
+    sources: Sequence[SourceFile],
+    config: GatewayConfig | None,
+    report: ConfigReport,
+    *,
+    check_references: bool = True,
 ) -> Policy | None:
     merged, owner = merge_policy_files(sources, report)
     fallback = sources[0] if sources else SourceFile("policies/", {}, {})
@@ -147,9 +151,33 @@ def validate_policy(
             loc = _loc(error)
             report.error(owner.get(str(loc[0]), fallback), loc, _message(Policy, error))
         return None
-    if config is not None:
+    _check_names(policy, owner, fallback, report)
+    if config is not None and check_references:
         _check_references(policy, config, owner, fallback, report)
     return policy
+
+
+def _check_names(
+    policy: Policy, owner: dict[str, SourceFile], fallback: SourceFile, report: ConfigReport
+) -> None:
+    """One name, one principal: `alice` and `Alice` would be two users to the gateway but one
+    to most backends (and to sign-in regulation); a service account named like a user would
+    reach backends with the same `X-Gateway-User` and `sub`."""
+    seen: dict[str, tuple[str, str]] = {}
+    for kind, names in (("users", policy.users), ("service_accounts", policy.service_accounts)):
+        for name in names:
+            folded = name.casefold()
+            if folded in seen:
+                other_kind, other = seen[folded]
+                what = "user" if other_kind == "users" else "service account"
+                report.error(
+                    owner.get(kind, fallback),
+                    (kind, name),
+                    f"the same name as {what} {other!r} (names are compared without case; "
+                    "backends would see one identity)",
+                )
+                continue
+            seen[folded] = (kind, name)
 
 
 def _check_references(

@@ -9,6 +9,7 @@ A policy with 100,000 allowlist entries would otherwise spend most of a reload h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -86,8 +87,67 @@ def _walk(
     return loader.construct_object(node, deep=True)
 
 
+# Aliases may repeat at most this many values in all: anchors for a shared rule list are fine;
+# "billion laughs" (aliases of aliases, each level ten times the last) is refused before any of
+# it is built, by `gateway check` as well as by a reload.
+MAX_ALIAS_EXPANSION = 100_000
+# `*name` where an alias can start: after the start of a line, a space or a flow indicator.
+_ALIAS = re.compile(r"(?:^|[\s\[{,])\*[^\s,\[\]{}]", re.MULTILINE)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _alias_problem(text: str) -> str | None:
+    """Why the document's aliases are refused, or None. Works on the node graph, where an
+    alias is one more reference to its anchor's node, so nothing is expanded to count it."""
+    if not _ALIAS.search(text):
+        return None  # no alias at all: the common case costs one regex scan
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError:
+        return None  # the parse proper reports it with its line
+    finally:
+        loader.dispose()
+    if root is None:
+        return None
+    sizes: dict[int, int] = {}
+    open_nodes = {id(root)}
+    stack = [(root, iter(_children(root)))]
+    while stack:
+        node, pending = stack[-1]
+        for child in pending:
+            if id(child) in sizes:
+                continue
+            if id(child) in open_nodes:
+                return "an alias refers to its own anchor (a recursive structure)"
+            open_nodes.add(id(child))
+            stack.append((child, iter(_children(child))))
+            break
+        else:
+            stack.pop()
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+    if sizes[id(root)] - len(sizes) > MAX_ALIAS_EXPANSION:
+        return (
+            f"aliases expand to more than {MAX_ALIAS_EXPANSION:,} values; "
+            "write the values out or use fewer levels of aliases"
+        )
+    return None
+
+
 def parse_yaml(text: str, name: str, report: ConfigReport) -> SourceFile | None:
-    """Parse one YAML document; syntax errors and duplicate keys go to the report."""
+    """Parse one YAML document; syntax errors, duplicate keys and alias bombs go to the report."""
+    problem = _alias_problem(text)
+    if problem is not None:
+        report.error(name, (), problem)
+        return None
     loader = _Loader(text)
     try:
         data = loader.get_single_data()

@@ -154,7 +154,7 @@ def verify(
     found: dict[tuple[str, int], tuple[str, str]] = {}  # (chain, seq) -> (hash, where)
     chains: dict[str, _ChainState] = {}
     problems: list[str] = []
-    records = 0
+    records = verified = 0
 
     for number, raw in _lines(paths):
         line = raw.strip()
@@ -182,6 +182,7 @@ def verify(
                 state.before_suspect = (state.seq, state.hash, state.line)
                 state.seq, state.hash, state.line = seq, claimed, number
             continue
+        verified += 1
         if (chain, seq) in wanted:
             found[(chain, seq)] = (claimed, number)
         where = f"{number}: chain {chain}:"
@@ -236,6 +237,13 @@ def verify(
                 "the state store saw (file rewritten)"
             )
 
+    if records and not verified:
+        # Not one record in the whole trail verifies: the key is not the one that wrote it
+        # (another gateway's secret_key_file, a regenerated key), not every line forged.
+        problems = [
+            f"none of the {records} records verifies with this secret key: the key does not "
+            "match this trail (check secret_key_file or GATEWAY_SECRET_KEY)"
+        ]
     authentic = sum(state.authentic for state in chains.values())
     return VerifyReport(ok=not problems, records=records, chains=authentic, problems=problems)
 

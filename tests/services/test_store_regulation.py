@@ -145,3 +145,21 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+class TestSqliteFilePermissions:
+    """The SQLite state file and its -wal and -shm companions are private to their owner."""
+
+    async def test_created_0600(self, tmp_path: Path) -> None:
+        from gateway.services.store.sqlite import SqliteStore
+
+        path = tmp_path / "state" / "gateway.db"
+        old_umask = os.umask(0o022)
+        try:
+            store = await SqliteStore.open(path)
+            await store.meta_put("k", "v")  # the WAL exists once something was written
+            modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir() if p.is_file()}
+            await store.close()
+        finally:
+            os.umask(old_umask)
+        assert modes == {"gateway.db": 0o600, "gateway.db-wal": 0o600, "gateway.db-shm": 0o600}

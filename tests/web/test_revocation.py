@@ -74,6 +74,21 @@ class TestUserRemoved:
             assert (await fetch(bob, "GET", f"{gw.url}/")).is_echo  # others are untouched
             assert (await sign_in(alice, gw)).status == 401
 
+    async def test_restoring_the_user_does_not_revive_the_session(self, gw):
+        async with client() as alice:
+            assert (await sign_in(alice, gw)).status == 302
+            assert (await fetch(alice, "GET", f"{gw.url}/")).is_echo
+            removed = copy.deepcopy(gw.files.policies["people"]["users"]["alice"])
+            before = change_people(gw, lambda p: p["users"].pop("alice"))
+            await wait_for_generation(gw, before)
+            revoked = await wait_for_audit(gw.files, "session.revoked", principal="alice")
+            assert revoked and revoked[0]["reason"] == "user removed from the policy"
+            assert revoked[0]["sessions_revoked"] == 1
+            before = change_people(gw, lambda p: p["users"].update(alice=removed))
+            await wait_for_generation(gw, before)
+            # Back in the policy, alice must sign in again: the old cookie opens nothing.
+            await assert_sent_to_sign_in(alice, gw)
+
 
 class TestGrantLowered:
     """A grant changed from admin to viewer applies to the next request of the open session."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -239,6 +240,16 @@ SYSTEM_MESSAGE_CLEAR = "DELETE FROM system_messages WHERE key = ?"
 SYSTEM_MESSAGES = "SELECT key, text, since FROM system_messages ORDER BY since, key"
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (sessions, TOTP secrets, hashes).
+
+    SQLite gives the -wal and -shm files it creates the database file's permissions, so they
+    are private too. An existing file keeps the permissions its owner chose.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _dump_json(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -263,6 +274,7 @@ class SqliteStore:
         where = str(path)
         if where != MEMORY:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(path))
         try:
             conn = await aiosqlite.connect(where, isolation_level=None, timeout=busy_timeout)
         except sqlite3.Error as exc:
