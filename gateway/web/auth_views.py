@@ -741,7 +741,10 @@ async def _account_page(
         if not user.requires_2fa:
             two_fa += code_form("disable_2fa", "Turn off two-factor authentication")
     admin = (
-        f'<p><a href="{escape(_url(ctx, "admin/"))}">Gateway admin</a></p>' if user.admin else ""
+        f'<h2>Gateway admin</h2><p><a href="{escape(_url(ctx, "admin/"))}">Open the admin '
+        "console</a>: incidents, users, trusted IPs, audit search.</p>"
+        if user.admin
+        else ""
     )
     body = (
         f"<h1>Your account</h1>{alerts}<p>Signed in as <strong>{escape(user.name)}</strong>"
@@ -749,7 +752,7 @@ async def _account_page(
         f'<h2>Password</h2><p><a href="{escape(_url(ctx, "password"))}">'
         f"Change your password</a></p><h2>Two-factor authentication</h2>{two_fa}{admin}"
     )
-    return page("Your account", body, footer=_logout_footer(request, ctx))
+    return page("Your account", body, footer=_logout_footer(request, ctx), brand=_brand(ctx))
 
 
 def register(pages) -> None:  # type: ignore[no-untyped-def]
