@@ -277,8 +277,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
         body = (
             "<h1>Sign out</h1><p>Sign out of every app behind this gateway?</p>"
             + forms.logout_form(_url(ctx, "logout"), services.csrf.field(request))
+            + f'<p><a href="{escape(_url(ctx, "account"))}">Stay signed in: your account</a></p>'
         )
-        return _html(page("Sign out", body))
+        return _html(page("Sign out", body, brand=_brand(ctx)))
     session = await get_session(request)
     user = session.get("user")
     if user:
@@ -538,6 +539,7 @@ async def change_password(request: web.Request) -> web.StreamResponse:
                 errors=errors or (),
                 notice=notice,
                 logout=_logout_footer(request, ctx),
+                back=None if forced else _url(ctx, "account"),
             ),
             status,
         )

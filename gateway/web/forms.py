@@ -150,7 +150,9 @@ def password(
     errors: Sequence[str] = (),
     notice: str | None = None,
     logout: str = "",
+    back: str | None = None,
 ) -> str:
+    """`back`: where "Back to your account" leads (None while the change is forced)."""
     problems = ""
     if errors:
         items = "".join(f"<li>{escape(e)}</li>" for e in errors)
@@ -169,6 +171,8 @@ def password(
 <input type="password" id="new_password_confirm" name="new_password_confirm"
  autocomplete="new-password" required>
 <button type="submit">Change password</button></form>"""
+    if back:
+        body += f'<p><a href="{escape(back)}">Back to your account</a></p>'
     return page("Change your password", body, footer=logout)
 
 

@@ -110,7 +110,10 @@ def _internal_error(request: web.Request, ctx: RequestContext) -> web.Response:
     response = web.Response(
         status=500,
         text=message_page(
-            "Something went wrong", "The gateway could not handle this request.", ctx.request_id
+            "Something went wrong",
+            "The gateway could not handle this request.",
+            ctx.request_id,
+            links=[("/", "Go to the start page")],
         ),
         content_type="text/html",
     )
