@@ -401,3 +401,34 @@ class TestConsole:
         assert "a policy file was rejected" in home.text  # the system message
         assert "Dana Ops" in home.text and "dpo@example.com" in home.text
         assert "Pending" in home.text and "not configured yet" not in home.text
+
+
+class TestUserReminders:
+    """Password expiry: one mail 7 days before, one 1 day before, however often it is checked."""
+
+    async def test_password_expiring_reminders_at_7_and_1_days(self, tmp_path: Path) -> None:
+        import time
+
+        from gateway.services.notify.runtime import remind
+        from gateway.web.resources import SERVICES
+
+        policy = {"password_policy": {"max_age_days": 10}}
+        async with gateway_and_mail(tmp_path, **policy) as (gw, server):
+            services = gw.app[SERVICES]
+            bob = gw.holder.current.users["bob"]
+            now = time.time()
+            await services.store.password_first_seen("bob", bob.password_hash, now - 5 * 86400)
+            await remind(services)
+            await remind(services)
+            [week] = await quiet(gw, server, 1)
+            # the same password two days later: one day left
+            await services.store.password_set(
+                "bob", bob.password_hash, bob.password_hash, now - 9.5 * 86400
+            )
+            await remind(services)
+            await remind(services)
+            _, day = await quiet(gw, server, 2)
+        assert week.rcpt_tos == ("bob@example.com",)
+        assert week.subject == "[gateway] Your gateway password expires in 5 days"
+        assert day.subject == "[gateway] Your gateway password expires in 1 day"
+        assert "https://dash.example.com/_gateway/password" in day.part("plain")

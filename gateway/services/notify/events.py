@@ -19,6 +19,7 @@ does that). Rules kept here:
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -240,8 +241,10 @@ class Notifier:
         )
 
     async def password_expiring(
-        self, snapshot: Snapshot, user: str, expires_at: float, days: int
+        self, snapshot: Snapshot, user: str, expires_at: float, threshold: int
     ) -> int | None:
+        """`threshold` (7 or 1) is the reminder this is; the text says the days really left."""
+        days = max(1, math.ceil((expires_at - self.clock()) / 86400))
         return await self._to_user(
             snapshot,
             "password.expiring",
@@ -253,7 +256,7 @@ class Notifier:
                 "action": "Choose a new password on your account page before then.",
                 "link": "password",
             },
-            dedupe_key=f"password.expiring:{user}:{int(expires_at)}:{days}",
+            dedupe_key=f"password.expiring:{user}:{int(expires_at)}:{threshold}",
         )
 
     async def new_country(

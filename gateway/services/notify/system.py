@@ -238,18 +238,22 @@ class SystemMessages:
 
     def _announce(self, condition: Condition, *, mailed: bool) -> None:
         self._announced.add(condition.key)
-        log.warning("system_message", key=condition.key, text=condition.text)
+        log.warning("system_message", condition=condition.key, text=condition.text)
         self.audit.record(
             "system.message",
             flush=True,
-            key=condition.key,
+            condition=condition.key,
             text=condition.text,
             state="raised",
             mailed=mailed,
         )
 
     def _cleared(self, condition: Condition) -> None:
-        log.info("system_message_cleared", key=condition.key)
+        log.info("system_message_cleared", condition=condition.key)
         self.audit.record(
-            "system.message", flush=True, key=condition.key, text=condition.text, state="cleared"
+            "system.message",
+            flush=True,
+            condition=condition.key,
+            text=condition.text,
+            state="cleared",
         )
