@@ -70,7 +70,6 @@ def build_app(holder: PolicyHolder, *, watch_files: bool = True) -> web.Applicat
             observe,  # 1. context, request id, audit + metrics for every request
             session_middleware(storage),  # 2. sessions for the gateway's own pages and the gate
         ],
-        handler_args={"max_field_size": 16384},
     )
     app.cleanup_ctx.append(_services(holder, watch_files))
     app.on_response_prepare.append(name_server)

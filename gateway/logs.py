@@ -2,15 +2,70 @@
 
 Request id and client IP are bound per request through contextvars (web/observe.py), so every
 line logged while serving a request carries them. Stable snake_case event names.
+
+Libraries that log through the standard library (aiohttp, asyncio) get the same JSON lines, with
+the exception's type and where it was raised but never its message or traceback text: aiohttp's
+parser exceptions quote the request bytes (API keys, passwords, cookies). A library message that
+repeats (asyncio's "socket.accept() out of system resource" at the descriptor limit) is logged
+once a minute with a count of what was suppressed, not once per connection.
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import logging
 import os
 import sys
+import time
 
 import structlog
+
+REPEAT_WINDOW = 60.0
+
+
+class StdlibJsonFormatter(logging.Formatter):
+    """One JSON object per record, without exception text (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "event": record.getMessage() if not record.exc_info else record.msg,
+            "logger": record.name,
+            "level": record.levelname.lower(),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, _exc, tb = record.exc_info
+            out["error"] = exc_type.__name__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None:
+                out["where"] = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+        suppressed = getattr(record, "suppressed", None)
+        if suppressed:
+            out["suppressed"] = suppressed
+        return jsonlib.dumps(out, default=str)
+
+
+class RepeatFilter(logging.Filter):
+    """Let a message template through once per REPEAT_WINDOW per logger; count the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, object], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < REPEAT_WINDOW:
+            seen[1] += 1
+            return False
+        record.suppressed = int(seen[1]) if seen else 0
+        self._seen[key] = [now, 0]
+        if len(self._seen) > 1000:  # templates, not values: stays small; bound it anyway
+            self._seen.clear()
+        return True
 
 
 def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
@@ -34,10 +89,8 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # aiohttp and asyncio log through the standard library: same stream, same level.
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=max(numeric, logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        force=True,
-    )
+    # aiohttp and asyncio log through the standard library: same stream, JSON too.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StdlibJsonFormatter())
+    handler.addFilter(RepeatFilter())
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)

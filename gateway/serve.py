@@ -7,6 +7,7 @@ a worker that died.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -20,9 +21,14 @@ from aiohttp import web
 from gateway.app import build_app, initial_holder
 from gateway.policy.source import LoadResult, load
 from gateway.services.secret_key import load_secret_key
-from gateway.settings import serve_settings
+from gateway.settings import ServeSettings, serve_settings
+from gateway.web.listener import ListenError, start_gateway
 
 log = structlog.get_logger("gateway")
+
+# A worker's exit code for failures a restart cannot fix (the port is taken, the policy is
+# invalid): the supervisor stops instead of restarting it in a loop. 78 = EX_CONFIG.
+DO_NOT_RESTART = 78
 
 
 def run_worker(
@@ -39,10 +45,25 @@ def run_worker(
     if result.snapshot is None:
         for problem in result.report.errors:
             log.error("policy_invalid", problem=str(problem))
-        raise SystemExit(1)
+        raise SystemExit(DO_NOT_RESTART)
     holder = initial_holder(config_file, result)
     settings = serve_settings(result.snapshot, port)
-    app = build_app(holder)
+    try:
+        asyncio.run(_serve(build_app(holder), settings, reuse_port))
+    except ListenError as exc:
+        log.error("listen_failed", error=str(exc))  # one line, no traceback
+        raise SystemExit(DO_NOT_RESTART) from None
+
+
+async def _serve(app: web.Application, settings: ServeSettings, reuse_port: bool) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (requests in flight finish)."""
+    runner, _site = await start_gateway(
+        app,
+        settings.host,
+        settings.port,
+        ssl_context=settings.ssl_context,
+        reuse_port=reuse_port,
+    )
     log.info(
         "listening",
         host=settings.host,
@@ -50,17 +71,14 @@ def run_worker(
         pid=os.getpid(),
         tls=settings.ssl_context is not None,
     )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ssl_context=settings.ssl_context,
-        reuse_port=reuse_port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=10,
-        handle_signals=True,
-    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def run(config_file: Path, workers: int, port: int | None = None) -> int:
@@ -72,7 +90,10 @@ def run(config_file: Path, workers: int, port: int | None = None) -> int:
     # Created once here, so the workers do not race to generate it.
     load_secret_key(result.snapshot.paths.secret_key_file)
     if workers <= 1:
-        run_worker(config_file, result, port=port)
+        try:
+            run_worker(config_file, result, port=port)
+        except SystemExit as exc:
+            return 1 if exc.code == DO_NOT_RESTART else int(exc.code or 0)
         return 0
     return _supervise(config_file, workers, port)
 
@@ -109,6 +130,11 @@ def _supervise(config_file: Path, workers: int, port: int | None) -> int:
         time.sleep(0.5)
         for i, proc in enumerate(procs):
             if not proc.is_alive() and not stopping:
+                if proc.exitcode == DO_NOT_RESTART:  # it cannot listen, or the policy is invalid
+                    forward(signal.SIGTERM, None)
+                    for other in procs:
+                        other.join(timeout=15)
+                    return 1
                 log.error("worker_died", pid=proc.pid, exitcode=proc.exitcode)
                 time.sleep(1)
                 procs[i] = start()

@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.app import build_app, initial_holder
 from gateway.policy.source import PolicyHolder, load
 from gateway.services.passwords import hash_password
+from gateway.web.listener import guard_for, start_gateway
 
 PASSWORD = "correct-horse-battery-staple-42"
 ROLES = {
@@ -232,15 +233,26 @@ class RunningGateway:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    files: GatewayFiles, host: str = "127.0.0.1", *, watch_files: bool = True
+    files: GatewayFiles,
+    host: str = "127.0.0.1",
+    *,
+    watch_files: bool = True,
+    limits: dict[str, Any] | None = None,
 ) -> AsyncIterator[RunningGateway]:
+    """The gateway in this process, behind the production listener; `limits` override the
+    listener's (gateway.web.listener.ConnectionGuard), e.g. a short head_timeout."""
     result = load(files.config_file)
     assert result.snapshot is not None, [str(p) for p in result.report.problems]
     holder = initial_holder(files.config_file, result)
     app = build_app(holder, watch_files=watch_files)
-    async with serve(app, host) as url:
-        port = int(url.rsplit(":", 1)[1])
-        yield RunningGateway(url, host, port, holder, app, files)
+    # the production listener (gateway.web.listener): its limits apply in every test
+    guard = guard_for(app, **limits) if limits else None
+    runner, site = await start_gateway(app, host, 0, guard=guard)
+    try:
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{site.port}"
+        yield RunningGateway(url, host, site.port, holder, app, files)
+    finally:
+        await runner.cleanup()
 
 
 def client(local_addr: str | None = None, **kwargs: Any) -> aiohttp.ClientSession:

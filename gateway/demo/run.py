@@ -22,6 +22,7 @@ from gateway.demo import front_proxy
 from gateway.demo.backends import api_app, dashboard_app
 from gateway.demo.mailsink import MailSink
 from gateway.services.passwords import hash_password
+from gateway.web.listener import ListenError, start_gateway
 
 DEMO_DIR = Path(".demo")
 PASSWORDS = {"alice": "alice-demo-Passphrase-42", "bob": "bob-demo-Passphrase-42"}
@@ -176,12 +177,21 @@ async def _serve(port: int, shown_dir: str, forward_auth: bool) -> None:
     for app, p in (
         (dashboard_app(f"{base}/_gateway/jwks.json", mailbox), dash_port),
         (api_app(), api_port),
-        (build_app(initial_holder(config, result)), port),
     ):
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", p).start()
         runners.append(runner)
+    try:
+        gateway, _site = await start_gateway(
+            build_app(initial_holder(config, result)), "127.0.0.1", port
+        )
+    except ListenError as exc:
+        for runner in runners:
+            await runner.cleanup()
+        # one line for the person at the terminal, no traceback
+        raise SystemExit(f"gateway demo: {exc}") from None
+    runners.append(gateway)
     nginx = None
     if forward_auth:
         nginx = await _start_nginx(front_port, port, dash_port, api_port)
