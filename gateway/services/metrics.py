@@ -84,6 +84,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.system_messages = Gauge(
+            "gateway_system_message",
+            "1 while a system message (a condition an operator must act on) is in force, by key.",
+            ["key"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._children: dict[tuple[str, str, str, str], object] = {}
         self._latency_children: dict[tuple[str, str], object] = {}
 

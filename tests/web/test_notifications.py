@@ -238,11 +238,17 @@ class TestSystemMessages:
                 [shown] = body["system_messages"]
                 assert shown["key"] == "policy_rejected" and "security.yaml:1" in shown["text"]
                 assert body["outbox"]["smtp_configured"] is True
+                async with client() as http:
+                    metrics = (await fetch(http, "GET", f"{gw.url}{PREFIX}/metrics")).text
+                assert 'gateway_system_message{key="policy_rejected"} 1.0' in metrics
                 await asyncio.sleep(0.5)  # more reloads of the same broken file: no more mail
                 assert len(server.received) == round_
                 gw.files.write_policy("security", good)
                 await wait_for(lambda: gw.holder.rejected is None, timeout=30)
                 await wait_for(lambda n=round_: cleared(gw.files) == n, timeout=30)
+                async with client() as http:
+                    metrics = (await fetch(http, "GET", f"{gw.url}{PREFIX}/metrics")).text
+                assert 'gateway_system_message{key="policy_rejected"} 0.0' in metrics
             mails = await quiet(gw, server, 2)
         for mail in mails:
             assert mail.subject.startswith("[gateway] System message: a policy file was rejected")

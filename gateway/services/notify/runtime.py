@@ -45,7 +45,9 @@ def start(services: Services) -> list[asyncio.Task[None]]:
         services.store, services.audit, lambda: holder.current, metrics=services.metrics
     )
     notifier = Notifier(services.store, wake=sender.wake)
-    system = SystemMessages(holder, services.store, services.audit, notifier, sender)
+    system = SystemMessages(
+        holder, services.store, services.audit, notifier, sender, metrics=services.metrics
+    )
     services.sender, services.notifier, services.system_messages = sender, notifier, system
     from gateway.services.retention import run_retention
 

@@ -28,6 +28,7 @@ from gateway.services.store import StateStore, StoreError
 
 if TYPE_CHECKING:
     from gateway.services.audit import AuditLog
+    from gateway.services.metrics import Metrics
     from gateway.services.notify.sender import Sender
 
 log = structlog.get_logger("gateway.notify")
@@ -122,6 +123,7 @@ class SystemMessages:
         sender: Sender | None,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
@@ -129,6 +131,7 @@ class SystemMessages:
         self.notifier = notifier
         self.sender = sender
         self.clock = clock
+        self.metrics = metrics
         self.extra_checks: list[ExtraCheck] = []
         self.current: dict[str, Condition] = {}
         self.since: dict[str, float] = {}
@@ -210,6 +213,9 @@ class SystemMessages:
                 await self._raise(snapshot, condition, now)
             elif key not in self._announced:
                 self._announce(condition, mailed=False)
+        if self.metrics is not None:
+            for key in found.keys() | self.current.keys():
+                self.metrics.system_messages.labels(key).set(1 if key in found else 0)
         for key in list(self.current):
             if key not in found:
                 condition = self.current.pop(key)
