@@ -99,3 +99,23 @@ class TestTwoFactor:
             )
             assert len(denied) == 2
             assert "admin console: sign-in not finished" in denied[0]["reasons"]
+
+
+class TestAllowlist:
+    """The console is on the dashboard surface, under its allowlist."""
+
+    async def test_only_from_allowed_addresses(self, tmp_path):
+        files = console_files(tmp_path)
+        files.policies["access"]["allowlists"] = {
+            "dashboard": {"enabled": True, "entries": [{"ip": "127.0.0.2"}]},
+            "api": {"enabled": False},
+        }
+        files.write()
+        async with running_gateway(files) as gw:
+            async with client("127.0.0.2") as inside:
+                assert (await sign_in(inside, gw, "alice")).status == 302
+                assert (await fetch(inside, "GET", f"{gw.url}{ADMIN}")).status == 200
+            async with client("127.0.0.1") as outside:
+                reply = await fetch(outside, "GET", f"{gw.url}{ADMIN}")
+                assert reply.status == 403
+                assert "Your network is not allowed" in reply.text
