@@ -59,7 +59,7 @@ class Pages:
         return page
 
     async def dispatch(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-        from gateway.web.gate import check_surface, deny
+        from gateway.web.gate import check_surface, deny, settle
         from gateway.web.resources import SERVICES
 
         snapshot = ctx.snapshot
@@ -102,8 +102,14 @@ class Pages:
             submitted = form.get("csrf_token")
             csrf = request.app[SERVICES].csrf
             if not isinstance(submitted, str) or not csrf.valid(request, submitted):
-                return deny(
-                    request, ctx, decide.deny(decide.FORBIDDEN, "missing or invalid CSRF token")
+                await note_signed_in(request, ctx)
+                settle(ctx, decide.deny(decide.FORBIDDEN, "missing or invalid CSRF token"))
+                return error_response(
+                    request,
+                    decide.FORBIDDEN,
+                    surface=ctx.surface,
+                    request_id=ctx.request_id,
+                    detail=CSRF_REFUSED,
                 )
         ctx.decision = ctx.decision or decide.allow(f"gateway page {name or '/'}")
         if page.access != "dashboard":
@@ -125,6 +131,11 @@ def _harden(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in PAGE_HEADERS.items():
         response.headers.setdefault(name, value)
 
+
+CSRF_REFUSED = (
+    "The form's security token was missing or did not match (a page left open too long, or a "
+    "form sent from another site). Nothing was changed: open the page again and retry."
+)
 
 PAGE_HEADERS = {
     "Cache-Control": "no-store",

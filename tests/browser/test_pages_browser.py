@@ -105,6 +105,10 @@ async def test_sign_in_pages_errors_and_console_doors(tmp_path, browser: Browser
         await form.locator("input[name=csrf_token]").evaluate("e => e.value = 'forged'")
         await end_all.click()
         await expect(page.get_by_role("heading", name="Forbidden")).to_be_visible()
+        await expect(
+            page.get_by_text("security token was missing or did not match")
+        ).to_be_visible()
+        await expect(page.get_by_text("alice (alice@example.com)")).to_be_visible()
         await check_page(page, artifacts, "admin-csrf-refused")
 
         # An admin half-way through the sign-in (password done, code not yet): 403.
