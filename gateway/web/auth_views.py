@@ -25,6 +25,7 @@ from gateway.context import RequestContext, context_of
 from gateway.policy.schema import LoginRegulation
 from gateway.policy.snapshot import User
 from gateway.services import accounts, regulation, totp
+from gateway.services.notify.secops_hooks import country_of
 from gateway.services.passwords import PasswordRules
 from gateway.web import forms
 from gateway.web.html import page
@@ -79,6 +80,11 @@ async def notice(request: web.Request, event: str, *args: object) -> None:
     notifier = _services(request).notifier
     if notifier is not None:
         await getattr(notifier, event)(context_of(request).snapshot, *args)
+
+
+def _country(request: web.Request) -> str | None:
+    """The client's country for a notification (GeoIP of the security service, if running)."""
+    return country_of(_services(request), context_of(request).client_ip)
 
 
 def _logout_footer(request: web.Request, ctx: RequestContext) -> str:
@@ -252,7 +258,14 @@ async def login(request: web.Request) -> web.StreamResponse:
             remaining=attempt.remaining,
         )
         if user is not None:
-            await notice(request, "login_failed", user.name, ctx.client_ip, None, "wrong password")
+            await notice(
+                request,
+                "login_failed",
+                user.name,
+                ctx.client_ip,
+                _country(request),
+                "wrong password",
+            )
         if banned:
             audit(
                 request,
@@ -360,7 +373,9 @@ async def verify(request: web.Request) -> web.StreamResponse:
             replayed=result.replayed or None,
             remaining=attempt.remaining,
         )
-        await notice(request, "login_failed", user.name, ctx.client_ip, None, "wrong 2FA code")
+        await notice(
+            request, "login_failed", user.name, ctx.client_ip, _country(request), "wrong 2FA code"
+        )
         if attempt.banned:
             return _banned_out(request, session, user.name)
         error = (

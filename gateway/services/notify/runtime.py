@@ -16,6 +16,7 @@ import structlog
 from gateway.policy.diff import PolicyDiff
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.source import files_signature
+from gateway.services.notify import secops_hooks
 from gateway.services.notify.events import Notifier
 from gateway.services.notify.sender import Sender
 from gateway.services.notify.system import EVALUATE_INTERVAL, SystemMessages
@@ -49,6 +50,7 @@ def start(services: Services) -> list[asyncio.Task[None]]:
         holder, services.store, services.audit, notifier, sender, metrics=services.metrics
     )
     services.sender, services.notifier, services.system_messages = sender, notifier, system
+    secops_hooks.attach(services)  # incidents, new countries, lockout guard (when present)
     from gateway.services.retention import run_retention
 
     async def retention() -> None:
