@@ -48,29 +48,45 @@ say() { echo "cluster: $*" >&2; }
 
 # -- stopping: only processes whose pid file this script wrote, and only if still theirs ----
 
-# alive PIDFILE WORD: the pid in PIDFILE runs and its command line contains WORD.
-alive() {
-  local pid
-  [ -f "$1" ] || return 1
-  pid=$(cat "$1")
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2"
+pid_of() {  # PIDFILE: its pid, or nothing (some programs remove their pid file as they exit)
+  cat "$1" 2>/dev/null || true
 }
 
-stop_pidfile() {  # PIDFILE WORD SIGNAL
-  local file=$1 word=$2 sig=${3:-TERM} pid
-  if alive "$file" "$word"; then
-    pid=$(cat "$file")
-    kill -s "$sig" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-      [ -d "/proc/$pid" ] || break
-      sleep 0.1
-    done
-    if [ -d "/proc/$pid" ]; then
-      say "pid $pid ($word) did not stop in 15 s: killing it"
-      kill -KILL "$pid" 2>/dev/null || true
+ours() {  # PID WORD: the process runs and its command line contains WORD (not a reused pid)
+  [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null |
+    grep -q -- "$2"
+}
+
+running() {  # PID: it exists and is not a zombie waiting for its parent
+  local state
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
+  state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+wait_pid() {  # PID: wait up to 15 s for it to end, then kill it
+  for _ in $(seq 1 150); do
+    running "$1" || return 0
+    sleep 0.1
+  done
+  say "pid $1 did not stop in 15 s: killing it"
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+# stop PIDFILE... : signal (TERM) every process named in these files that is still ours, then
+# wait for all of them; the files are removed.
+stop() {
+  local word=$1 file pid pids=()
+  shift
+  for file in "$@"; do
+    pid=$(pid_of "$file")
+    if ours "$pid" "$word"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
     fi
-  fi
-  rm -f "$file"
+  done
+  for pid in "${pids[@]}"; do wait_pid "$pid"; done
+  rm -f "$@"
 }
 
 as_postgres() {
@@ -85,13 +101,11 @@ pg_bin() {
 }
 
 stop_all() {
-  stop_pidfile "$run/nginx.pid" nginx QUIT
-  for file in "$run"/gateway-*.pid; do
-    [ -e "$file" ] && stop_pidfile "$file" gateway TERM
-  done
+  stop nginx "$run/nginx.pid"
+  stop gateway "$run"/gateway-*.pid  # all at once: each takes a moment to drain
   rm -f "$run"/gateway-*.port
-  stop_pidfile "$run/backends.pid" cluster_helper.py TERM
-  stop_pidfile "$run/redis.pid" redis-server TERM
+  stop cluster_helper.py "$run/backends.pid"
+  stop redis-server "$run/redis.pid"
   if [ -f "$run/postgres.datadir" ]; then
     local data
     data=$(cat "$run/postgres.datadir")
