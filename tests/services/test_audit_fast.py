@@ -1,0 +1,52 @@
+"""`request` records skip structlog's dispatch but not its processors: the line is the same,
+byte for byte, and the trail still verifies."""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.services.audit import AuditLog, verify
+
+KEY = b"k" * 32
+FIELDS = {
+    "request_id": "7d0c1f6e-2b1c-4f3e-9a61-0c7f0e6a5b21",
+    "client_ip": "127.0.0.1",
+    "surface": "api",
+    "app": "api",
+    "principal": "bench",
+    "auth": "api-key",
+    "decision": "allow",
+    "method": "GET",
+    "path": "/items/42",
+    "status": 200,
+    "duration_ms": 1.23,
+    "reasons": ["API key of service account 'bench'"],
+    "monitor": None,
+    "api_key": "never written",
+}
+
+
+def test_direct_path_renders_what_structlog_renders(tmp_path):
+    clock = lambda: 1_800_000_000.123  # noqa: E731
+    direct = AuditLog(tmp_path / "a.jsonl", KEY, clock=clock)
+    through = AuditLog(tmp_path / "b.jsonl", KEY, clock=clock)
+    through._chain.id = direct._chain.id
+    for _ in range(3):
+        direct.record("request", **FIELDS)
+        with through._lock:
+            through._logger.audit("request", **FIELDS)  # the structlog chain itself
+    assert direct._buffer.lines == through._buffer.lines
+    first = orjson.loads(direct._buffer.lines[0])
+    assert list(first)[:3] == ["ts", "event", "request_id"]
+    assert first["api_key"] == "[redacted]"
+
+
+def test_trail_of_direct_records_verifies(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, KEY) as audit:
+        for i in range(50):
+            audit.record("request", **{**FIELDS, "status": 200 + i})
+            audit.record("login.success", principal="alice", client_ip="127.0.0.1")
+    report = verify([path], KEY)
+    assert report.ok, report
+    assert report.records == 100
