@@ -65,6 +65,49 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         upstream.release()
 
 
+LEAN = web.AppKey("lean", object)
+
+
+async def lean_proxy(request: web.Request) -> web.StreamResponse:
+    """The same hop with the gateway's own upstream client (row b2)."""
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+    if request.remote:
+        headers.append(("X-Forwarded-For", request.remote))
+    client = request.app[LEAN]
+    upstream = await client.request(  # type: ignore[attr-defined]
+        request.app[UPSTREAM],
+        request.method,
+        request.raw_path,
+        headers,
+        request.content.iter_any() if request.body_exists else None,
+        content_length=request.content_length,
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    response = web.StreamResponse(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=CIMultiDict((k, v) for k, v in upstream.headers if k.lower() not in HOP_BY_HOP),
+    )
+    await response.prepare(request)
+    if upstream.complete:
+        await response.write_eof(upstream.read_now())
+    else:
+        async for chunk in upstream.chunks():
+            await response.write(chunk)
+        await response.write_eof()
+    upstream.release()
+    return response
+
+
+async def lean_client(app: web.Application):  # type: ignore[no-untyped-def]
+    from gateway.web.upstream import UpstreamClient
+
+    app[LEAN] = UpstreamClient()
+    yield
+    await app[LEAN].close()  # type: ignore[attr-defined]
+
+
 async def client_session(app: web.Application):  # type: ignore[no-untyped-def]
     app[SESSION] = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
@@ -83,6 +126,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="http://127.0.0.1:PORT (loopback only)")
+    parser.add_argument("--lean", action="store_true", help="use gateway.web.upstream's client")
     args = parser.parse_args()
     upstream_host = URL(args.upstream).host or ""
     if not (
@@ -92,8 +136,8 @@ def main() -> None:
         raise SystemExit("the bare proxy listens on and forwards to loopback addresses only")
     app = web.Application()
     app[UPSTREAM] = args.upstream.rstrip("/")
-    app.cleanup_ctx.append(client_session)
-    app.router.add_route("*", "/{path:.*}", proxy)
+    app.cleanup_ctx.append(lean_client if args.lean else client_session)
+    app.router.add_route("*", "/{path:.*}", lean_proxy if args.lean else proxy)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 

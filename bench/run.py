@@ -82,6 +82,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 DESCRIPTIONS = {
     "backend": "(a) the backend directly (raw asyncio protocol, 100-byte body)",
     "bare": "(b) bare aiohttp pass-through proxy: the floor of our stack",
+    "lean": "(b2) aiohttp server + the gateway's upstream client (gateway.web.upstream), "
+    "same header handling as (b), no gate: the floor of the gateway's own stack",
     "gateway-nokey": "(c) gateway, request without an API key: normalise, match, 100k "
     "allowlist, 401 problem+json answered by the gateway, audit + metrics; nothing proxied",
     "gateway": "(c2) gateway, authenticated (Bearer key of a service account): allowlist, "
@@ -92,6 +94,7 @@ DESCRIPTIONS = {
 LABELS = {
     "backend": "(a) backend direct",
     "bare": "(b) bare aiohttp proxy",
+    "lean": "(b2) aiohttp server + lean client",
     "gateway-nokey": "(c) gateway, no key (401)",
     "gateway": "(c2) gateway, authenticated",
     "nginx": "(d) nginx",
@@ -402,6 +405,29 @@ def start_servers(tmp: Path, procs: Procs, facts: dict[str, str]) -> dict[str, T
         wait_http(f"http://{HOST}:{port}/", proc, log, 30)
         targets["bare"] = Target(
             "bare", f"http://{HOST}:{port}{PATH}", [proc.pid], backend_pids=[backend.pid]
+        )
+
+    if "lean" in ROWS:
+        port = free_port()
+        log = tmp / "lean.log"
+        proc = procs.start(
+            pinned(
+                SERVER_CPU,
+                [
+                    PYTHON,
+                    str(BENCH / "bare_proxy.py"),
+                    "--lean",
+                    "--port",
+                    str(port),
+                    "--upstream",
+                    backend_url,
+                ],
+            ),
+            log,
+        )
+        wait_http(f"http://{HOST}:{port}/", proc, log, 30)
+        targets["lean"] = Target(
+            "lean", f"http://{HOST}:{port}{PATH}", [proc.pid], backend_pids=[backend.pid]
         )
 
     if "gateway" in ROWS or "gateway-nokey" in ROWS:

@@ -132,6 +132,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
                     ),
                 )
             ),
+            asyncio.create_task(_every(1.0, services.metrics.flush_periodically)),
         ]
         tasks += notify_runtime.start(services)  # outbox sender, system messages, retention
         if watch_files:

@@ -5,7 +5,6 @@ answers it."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import structlog
 from aiohttp import web
@@ -15,6 +14,7 @@ from gateway.policy import decide
 from gateway.services.store import StoreUnavailable
 from gateway.web.client_ip import resolve_client
 from gateway.web.errors import error_response
+from gateway.web.request_ids import new_request_id
 from gateway.web.resources import SERVICES
 
 log = structlog.get_logger("gateway.request")
@@ -31,7 +31,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:  # type:
         snapshot.config.client_ip_header,
     )
     ctx = RequestContext(
-        request_id=str(uuid.uuid4()),
+        request_id=new_request_id(),
         started=time.perf_counter(),
         snapshot=snapshot,
         client_ip=client.text,

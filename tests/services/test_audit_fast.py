@@ -50,3 +50,15 @@ def test_trail_of_direct_records_verifies(tmp_path):
     report = verify([path], KEY)
     assert report.ok, report
     assert report.records == 100
+
+
+def test_chain_mac_is_hmac_sha256():
+    import hashlib
+    import hmac
+
+    from gateway.services.audit import _Chain
+
+    for key in (b"k" * 32, b"short", b"x" * 64, b"y" * 100):
+        chain = _Chain(key)
+        for body in (b"", b"{}", b"z" * 1000):
+            assert chain.mac(body) == hmac.new(key, body, hashlib.sha256).hexdigest()
