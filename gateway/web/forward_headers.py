@@ -56,15 +56,16 @@ def is_claim(folded: str) -> bool:
     return folded in CLAIMS or folded.startswith(CLAIM_PREFIXES)
 
 
-def nominated(pairs: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """Header names listed in Connection (hop-by-hop by nomination), folded."""
-    return frozenset(
+def _dropped(folded: list[tuple[str, str, str]]) -> frozenset[str]:
+    """HOP_BY_HOP plus the names the Connection header(s) list, folded."""
+    tokens = [
         fold(token.strip())
-        for name, value in pairs
-        if fold(name) == "connection"
+        for lower, _, value in folded
+        if lower == "connection"
         for token in value.split(",")
         if token.strip()
-    )
+    ]
+    return HOP_BY_HOP.union(tokens) if tokens else HOP_BY_HOP
 
 
 def request_headers(
@@ -83,11 +84,10 @@ def request_headers(
     HTTP and WebSocket); `own_cookies` the gateway's cookie names; `drop_expect` when the
     gateway already answered `100 Continue` itself (aiohttp's server does before any handler),
     so a backend that never sends 100 cannot make the body wait."""
-    inbound = list(inbound)
-    drop = HOP_BY_HOP | nominated(inbound)
+    names = [(name.lower().replace("_", "-"), name, value) for name, value in inbound]
+    drop = _dropped(names)
     out: Pairs = []
-    for name, value in inbound:
-        folded = fold(name)
+    for folded, name, value in names:
         if folded in drop or is_claim(folded) or folded == "host":
             continue
         if api_surface and (
@@ -142,11 +142,10 @@ def without_cookies(header: str, own: tuple[str, ...]) -> str:
 
 def response_headers(upstream: Iterable[tuple[str, str]], own_cookies: tuple[str, ...]) -> Pairs:
     """The upstream's response headers the client gets (the request id is added by the caller)."""
-    upstream = list(upstream)
-    drop = HOP_BY_HOP | nominated(upstream)
+    names = [(name.lower().replace("_", "-"), name, value) for name, value in upstream]
+    drop = _dropped(names)
     out: Pairs = []
-    for name, value in upstream:
-        folded = fold(name)
+    for folded, name, value in names:
         if folded in drop or folded == "x-gateway-request-id":
             continue
         if folded == "set-cookie" and _is_own_cookie(value.partition("=")[0], own_cookies):

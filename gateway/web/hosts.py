@@ -43,12 +43,24 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _DOTTED_QUAD = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.(?:0|[1-9][0-9]{0,2})){3}")
 
 
+_SEEN: dict[str, Host] = {}  # accepted values that needed the slow path (IP literals...)
+_SEEN_MAX = 1024
+
+
 def canonical_host(value: str) -> Host:
     if _FAST.fullmatch(value) and len(value) <= 259:
         name, _, port = value.partition(":")
         if len(name) <= 253 and (not port or int(port) <= 65535):
             return Host(name, value)
-    return _canonical_slow(value)
+    # A gateway reached by IP address sees the same few values on every request; the slow
+    # path (ipaddress parsing) cost ~10 us each time. Only accepted values are kept.
+    host = _SEEN.get(value)
+    if host is None:
+        host = _canonical_slow(value)
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[value] = host
+    return host
 
 
 def _canonical_slow(value: str) -> Host:

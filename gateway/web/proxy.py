@@ -133,7 +133,8 @@ class Forwarder:
             )
         )
         out["X-Gateway-Request-Id"] = ctx.request_id
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out)
+        kind = _OneWriteResponse if upstream.complete else web.StreamResponse
+        response = kind(status=upstream.status, reason=upstream.reason, headers=out)
         try:
             await response.prepare(request)
             if upstream.complete:  # the usual small response: one write
@@ -159,6 +160,13 @@ class Forwarder:
             upstream.close()
             raise
         return response
+
+
+class _OneWriteResponse(web.StreamResponse):
+    """For a response whose whole body is already here: the head goes out together with the
+    body in one write (as aiohttp's own web.Response does), not in a send of its own."""
+
+    _send_headers_immediately = False
 
 
 CLIENT_CLOSED_REQUEST: Final = 499  # nginx's status for "the client went away first"
