@@ -189,11 +189,14 @@ class TestSignIn:
                 assert (await sign_in(http, gw, "bob", f"nope-{i + 2}")).status == 401
             assert (await sign_in(http, gw, "nobody", "nope")).status == 401  # unknown: no mail
             first, digest = await quiet(gw, server, 2)
+            metrics = (await fetch(http, "GET", f"{gw.url}{PREFIX}/metrics")).text
         assert first.subject == "[gateway] Failed sign-in for bob from 127.0.0.1 (country unknown)"
         assert sorted(first.rcpt_tos) == ADMINS
         assert "https://dash.example.com/_gateway/admin/users/bob" in first.part("plain")
         assert "nope" not in first.part("plain") + digest.part("plain")  # never the password
         assert digest.subject == "[gateway] 3 failed sign-ins for bob from 1 address"
+        assert 'gateway_notifications_sent_total{kind="login.failure"} 2.0' in metrics
+        assert "gateway_outbox_pending 0.0" in metrics
 
     async def test_password_changed_mails_the_user(self, tmp_path: Path) -> None:
         async with gateway_and_mail(tmp_path) as (gw, server), client() as http:

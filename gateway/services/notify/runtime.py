@@ -72,7 +72,8 @@ async def after_reload(
     files: list[str],
 ) -> None:
     if services.notifier is not None and new is not None and changes is not None:
-        mtime = max((sig[1] for sig in files_signature(new.paths)), default=0)
+        signature = await asyncio.to_thread(files_signature, new.paths)
+        mtime = max((sig[1] for sig in signature), default=0)
         await services.notifier.policy_changed(previous, new, changes, files, mtime)
     if services.system_messages is not None:
         try:

@@ -99,9 +99,10 @@ class Sender:
         """Send what is due, then wait for a wake-up (a local enqueue) or the poll interval."""
         while True:
             try:
+                sent = 0
                 while await self.send_one():
-                    pass
-                await self._update_stats()
+                    sent += 1
+                await self._update_stats(force=sent > 0)
             except StoreError as exc:
                 log.error("outbox_unavailable", error=str(exc))
             except Exception:
@@ -135,10 +136,16 @@ class Sender:
         kind = rows[0].kind
         recipients = sorted({r for row in rows for r in row.recipients})
         mid = message_id(rows, sender)
-        mail = compose(rows, public_base(snapshot))
-        message = build_message(
-            mail, sender=sender, recipients=recipients, message_id=mid, at=self.clock()
-        )
+        try:
+            mail = compose(rows, public_base(snapshot))
+            message = build_message(
+                mail, sender=sender, recipients=recipients, message_id=mid, at=self.clock()
+            )
+        except Exception as exc:  # a row no mail can be made of must not block the outbox
+            log.exception("notification_unrenderable", kind=kind, ids=ids)
+            await self.store.outbox_finish(ids, self.owner, "failed", self.clock(), mid, repr(exc))
+            self._audit_failed(kind, rows, recipients, mid, "could not be rendered")
+            return
         try:
             delivery = await mailer.send(message, recipients)
         except MailTemporaryError as exc:
