@@ -142,6 +142,22 @@ class TestDelivery:
         assert row.last_error == "550 5.1.1 No such user"
         assert await store.outbox_list("pending", 10) == []
 
+    async def test_a_notice_no_mail_can_be_made_of_does_not_block_the_rest(
+        self, tmp_path: Path, store: StateStore
+    ) -> None:
+        with sink() as server:
+            snapshot = snapshot_for(tmp_path, server.port)
+            await store.outbox_add("broken", ["alice@example.com"], {"facts": 5}, time.time())
+            await Notifier(store).test(snapshot, ["alice@example.com"])
+            async with AuditLog(tmp_path / "a.jsonl", KEY) as audit:
+                async with running_sender(store, snapshot, audit):
+                    await wait_async(lambda: outbox_settled(store))
+        assert [m.subject for m in server.received] == [
+            "[gateway] Test mail from the access gateway"
+        ]
+        [failed] = await store.outbox_list("failed", 10)
+        assert failed.kind == "broken"
+
 
 class TestFaults:
     """Outages and restarts delay mail, never lose or repeat it; bursts become digests."""
