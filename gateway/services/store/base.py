@@ -2,7 +2,8 @@
 
 Everything the gateway keeps between requests and across worker processes (server-side
 sessions, login failures and bans, audit chain heads, JWT signing keys, TOTP secrets and
-recovery codes, passwords changed at run time, small settings) goes through `StateStore`.
+recovery codes, passwords changed at run time, sign-in history, requests per user and hour,
+security incidents, trusted login IPs, small settings) goes through `StateStore`.
 Callers see only these records and errors: never SQL, rows or driver exceptions.
 
 Rules every implementation follows:
@@ -27,6 +28,7 @@ fixture's parameters in `tests/services/conftest.py`: it is done when the confor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -180,6 +182,74 @@ class SystemMessageRecord:
     key: str
     text: str
     since: float
+
+
+@dataclass(frozen=True, slots=True)
+class SignInRecord:
+    """One sign-in attempt that got past the password step (PRODUCT.md section 8).
+
+    `result` is "success" (every step done), "failure" (a wrong second factor) or "banned"
+    (refused at the second step by a sign-in ban). `country` is an ISO 3166 alpha-2 code, None
+    for addresses that are not globally routable or unknown; `geoip_source` names the database
+    that judged it.
+    """
+
+    id: int
+    user: str
+    result: str
+    ip: str | None
+    country: str | None
+    geoip_source: str | None
+    user_agent: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """A security incident: a user signed in from too many countries within the window.
+
+    `state` is "open", "acknowledged" or "resolved"; at most one incident per user is not
+    resolved. `countries` are the sorted ISO codes of its evidence.
+    """
+
+    id: int
+    user: str
+    state: str
+    countries: tuple[str, ...]
+    opened_at: float
+    updated_at: float
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentUpdate:
+    """What `incident_open_or_extend` did: `opened` a new incident, or added `added` sign-ins
+    to the user's active one (`incident` is None when there was none and creating was off)."""
+
+    incident: IncidentRecord | None
+    opened: bool
+    added: int
+
+
+def merge_countries(current: Iterable[str], evidence: Iterable[SignInRecord]) -> str:
+    """The stored form of an incident's countries: sorted ISO codes joined by commas."""
+    return ",".join(sorted(set(current) | {e.country for e in evidence if e.country}))
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIpRecord:
+    """An address or network marked safe at run time for one email domain (`scope`)."""
+
+    id: int
+    cidr: str
+    scope: str
+    description: str
+    created_at: float
+    created_by: str
 
 
 @runtime_checkable
@@ -427,3 +497,94 @@ class StateStore(Protocol):
 
     async def system_messages(self) -> list[SystemMessageRecord]:
         """Every condition in force, oldest first."""
+
+    # -- sign-in history (PRODUCT.md section 8) ----------------------------------------------
+
+    async def sign_in_add(
+        self,
+        user: str,
+        result: str,
+        ip: str | None,
+        country: str | None,
+        geoip_source: str | None,
+        user_agent: str,
+        at: float,
+    ) -> SignInRecord:
+        """Record one sign-in attempt that got past the password step."""
+
+    async def sign_ins(
+        self,
+        user: str,
+        *,
+        since: float | None = None,
+        result: str | None = None,
+        limit: int = 50,
+    ) -> list[SignInRecord]:
+        """The user's sign-ins, newest first: at or after `since`, of one `result` if given."""
+
+    async def sign_ins_purge(self, before: float) -> int:
+        """Delete sign-ins older than `before` (retention); returns how many."""
+
+    # -- requests per user and hour ----------------------------------------------------------
+
+    async def request_counts_add(self, counts: dict[tuple[str, int], int]) -> None:
+        """Add counts keyed by (user, hour) (hour = UNIX time // 3600) in one transaction;
+        several processes adding to the same row add up."""
+
+    async def request_count(self, user: str, since_hour: int) -> int:
+        """The user's requests in the hours from `since_hour` on."""
+
+    async def request_counts_purge(self, before_hour: int) -> int:
+        """Delete the rows of hours before `before_hour`; returns how many."""
+
+    # -- security incidents ------------------------------------------------------------------
+
+    async def incident_open_or_extend(
+        self, user: str, at: float, evidence: list[SignInRecord], *, create: bool = True
+    ) -> IncidentUpdate:
+        """Open an incident for `user` with this evidence, or add it to the user's incident
+        that is not resolved yet (its countries grow with the evidence's).
+
+        Atomic across processes: of concurrent callers for one user exactly one opens (a
+        unique partial index, not a read-then-write). With `create=False` only an existing
+        incident is extended. Evidence already attached is not counted twice.
+        """
+
+    async def incident_get(self, id: int) -> IncidentRecord | None:
+        """The incident, or None."""
+
+    async def incidents(
+        self, *, state: str | None = None, user: str | None = None, limit: int = 100
+    ) -> list[IncidentRecord]:
+        """Incidents newest first, optionally of one state and/or one user."""
+
+    async def incident_sign_ins(self, id: int) -> list[SignInRecord]:
+        """The sign-ins attached to the incident as evidence, oldest first."""
+
+    async def incident_counts(self) -> dict[str, int]:
+        """How many incidents there are in each state (states with none are absent)."""
+
+    async def incident_acknowledge(self, id: int, by: str, at: float) -> bool:
+        """open -> acknowledged; False when the incident is not open."""
+
+    async def incident_resolve(self, id: int, by: str, at: float, note: str) -> bool:
+        """open or acknowledged -> resolved with a note; False when it is not active."""
+
+    async def incidents_purge(self, resolved_before: float) -> int:
+        """Delete incidents resolved before the given time, with their evidence."""
+
+    # -- trusted login IPs (run-time entries; policy entries live in the snapshot) ------------
+
+    async def trusted_ip_add(
+        self, cidr: str, scope: str, description: str, by: str, at: float
+    ) -> TrustedIpRecord:
+        """Store an entry (validated by the caller); `StoreConflict` if the scope has it."""
+
+    async def trusted_ips(self, scope: str | None = None) -> list[TrustedIpRecord]:
+        """Entries of one scope (or all), ordered by scope, then id."""
+
+    async def trusted_ip_get(self, id: int) -> TrustedIpRecord | None:
+        """The entry, or None."""
+
+    async def trusted_ip_remove(self, id: int) -> TrustedIpRecord | None:
+        """Delete the entry; returns what was deleted, None if there was none."""

@@ -6,8 +6,9 @@ Migrations run in one transaction under `pg_advisory_xact_lock`, so instances st
 same time apply each file once. Single-use operations are one `UPDATE ... RETURNING`.
 """
 
-# Names such as PASSWORD_SET hold SQL about passwords, not passwords:
-# ruff: noqa: S105
+# Names such as PASSWORD_SET hold SQL about passwords, not passwords (S105); f-strings below
+# only join constant column lists into constant SQL (S608):
+# ruff: noqa: S105, S608
 from __future__ import annotations
 
 import contextlib
@@ -22,17 +23,22 @@ from .base import (
     AttemptLimit,
     AttemptReservation,
     AuditHead,
+    IncidentRecord,
+    IncidentUpdate,
     OutboxRecord,
     OutboxStats,
     PasswordRecord,
     RecoveryCodeRecord,
     SessionRecord,
     SigningKeyRecord,
+    SignInRecord,
     StoreConflict,
     StoreError,
     StoreUnavailable,
     SystemMessageRecord,
     TotpRecord,
+    TrustedIpRecord,
+    merge_countries,
 )
 from .outbox_rules import OUTBOX_STATES, coalesced_not_before
 from .schema import load_migrations, pending_migrations
@@ -163,6 +169,77 @@ ON CONFLICT (username, base_hash) DO NOTHING"""
 PASSWORD_SEEN_GET = """
 SELECT first_seen FROM password_seen WHERE username = $1 AND base_hash = $2"""
 
+# -- sign-in history and requests per hour ----------------------------------------------------
+
+SIGN_IN_COLUMNS = "id, username, result, ip, country, geoip_source, user_agent, at"
+SIGN_IN_ADD = """
+INSERT INTO sign_ins (username, result, ip, country, geoip_source, user_agent, at)
+VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"""
+SIGN_INS = f"""
+SELECT {SIGN_IN_COLUMNS} FROM sign_ins
+WHERE username = $1 AND ($2::float8 IS NULL OR at >= $2) AND ($3::text IS NULL OR result = $3)
+ORDER BY at DESC, id DESC LIMIT $4"""
+SIGN_INS_PURGE = "DELETE FROM sign_ins WHERE at < $1"
+REQUEST_COUNT_ADD = """
+INSERT INTO request_counts (username, hour, count) VALUES ($1, $2, $3)
+ON CONFLICT (username, hour) DO UPDATE SET count = request_counts.count + excluded.count"""
+REQUEST_COUNT = """
+SELECT COALESCE(SUM(count), 0) FROM request_counts WHERE username = $1 AND hour >= $2"""
+REQUEST_COUNTS_PURGE = "DELETE FROM request_counts WHERE hour < $1"
+
+# -- incidents --------------------------------------------------------------------------------
+
+INCIDENT_COLUMNS = """
+id, username, state, countries, opened_at, updated_at, acknowledged_at, acknowledged_by,
+resolved_at, resolved_by, note"""
+INCIDENT_OPEN = """
+INSERT INTO incidents (username, state, countries, opened_at, updated_at)
+VALUES ($1, 'open', '', $2, $2)
+ON CONFLICT (username) WHERE state <> 'resolved' DO NOTHING"""
+INCIDENT_ACTIVE_FOR_UPDATE = f"""
+SELECT {INCIDENT_COLUMNS} FROM incidents WHERE username = $1 AND state <> 'resolved'
+FOR UPDATE"""
+INCIDENT_EVIDENCE_ADD = """
+INSERT INTO incident_sign_ins
+    (incident_id, sign_in_id, username, result, ip, country, geoip_source, user_agent, at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (incident_id, sign_in_id) DO NOTHING"""
+INCIDENT_SET_COUNTRIES = f"""
+UPDATE incidents SET countries = $2, updated_at = $3 WHERE id = $1 RETURNING {INCIDENT_COLUMNS}"""
+INCIDENT_GET = f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"
+INCIDENTS = f"""
+SELECT {INCIDENT_COLUMNS} FROM incidents
+WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR username = $2)
+ORDER BY opened_at DESC, id DESC LIMIT $3"""
+INCIDENT_SIGN_INS = """
+SELECT sign_in_id AS id, username, result, ip, country, geoip_source, user_agent, at
+FROM incident_sign_ins WHERE incident_id = $1 ORDER BY at, sign_in_id"""
+INCIDENT_COUNTS = "SELECT state, COUNT(*) AS n FROM incidents GROUP BY state"
+INCIDENT_ACKNOWLEDGE = """
+UPDATE incidents SET state = 'acknowledged', acknowledged_at = $3, acknowledged_by = $2,
+    updated_at = $3
+WHERE id = $1 AND state = 'open'"""
+INCIDENT_RESOLVE = """
+UPDATE incidents SET state = 'resolved', resolved_at = $3, resolved_by = $2, note = $4,
+    updated_at = $3
+WHERE id = $1 AND state <> 'resolved'"""
+INCIDENTS_PURGE_EVIDENCE = """
+DELETE FROM incident_sign_ins WHERE incident_id IN
+    (SELECT id FROM incidents WHERE state = 'resolved' AND resolved_at < $1)"""
+INCIDENTS_PURGE = "DELETE FROM incidents WHERE state = 'resolved' AND resolved_at < $1"
+
+# -- trusted login IPs ------------------------------------------------------------------------
+
+TRUSTED_IP_COLUMNS = "id, cidr, scope, description, created_at, created_by"
+TRUSTED_IP_ADD = f"""
+INSERT INTO trusted_ips (cidr, scope, description, created_at, created_by)
+VALUES ($1, $2, $3, $4, $5) RETURNING {TRUSTED_IP_COLUMNS}"""
+TRUSTED_IPS = f"""
+SELECT {TRUSTED_IP_COLUMNS} FROM trusted_ips WHERE ($1::text IS NULL OR scope = $1)
+ORDER BY scope, id"""
+TRUSTED_IP_GET = f"SELECT {TRUSTED_IP_COLUMNS} FROM trusted_ips WHERE id = $1"
+TRUSTED_IP_REMOVE = f"DELETE FROM trusted_ips WHERE id = $1 RETURNING {TRUSTED_IP_COLUMNS}"
+
 # -- meta -------------------------------------------------------------------------------------
 
 META_GET = "SELECT value FROM meta WHERE key = $1"
@@ -234,6 +311,41 @@ SYSTEM_MESSAGES = "SELECT key, text, since FROM system_messages ORDER BY since, 
 
 def _dump_json(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _incident(r: asyncpg.Record) -> IncidentRecord:
+    return IncidentRecord(
+        r["id"],
+        r["username"],
+        r["state"],
+        tuple(filter(None, r["countries"].split(","))),
+        r["opened_at"],
+        r["updated_at"],
+        r["acknowledged_at"],
+        r["acknowledged_by"],
+        r["resolved_at"],
+        r["resolved_by"],
+        r["note"],
+    )
+
+
+def _sign_in(r: asyncpg.Record) -> SignInRecord:
+    return SignInRecord(
+        r["id"],
+        r["username"],
+        r["result"],
+        r["ip"],
+        r["country"],
+        r["geoip_source"],
+        r["user_agent"],
+        r["at"],
+    )
+
+
+def _trusted_ip(r: asyncpg.Record) -> TrustedIpRecord:
+    return TrustedIpRecord(
+        r["id"], r["cidr"], r["scope"], r["description"], r["created_at"], r["created_by"]
+    )
 
 
 def _count(status: str) -> int:
@@ -592,6 +704,138 @@ class PostgresStore:
         async with self._write("password_first_seen") as conn:
             await conn.execute(PASSWORD_SEEN_ADD, user, base_hash, at)
             return await conn.fetchval(PASSWORD_SEEN_GET, user, base_hash)
+
+    # -- sign-in history --------------------------------------------------------------------
+
+    async def sign_in_add(
+        self,
+        user: str,
+        result: str,
+        ip: str | None,
+        country: str | None,
+        geoip_source: str | None,
+        user_agent: str,
+        at: float,
+    ) -> SignInRecord:
+        params = (user, result, ip, country, geoip_source, user_agent, at)
+        id_ = await self._value("sign_in_add", SIGN_IN_ADD, *params)
+        return SignInRecord(id_, *params)
+
+    async def sign_ins(
+        self,
+        user: str,
+        *,
+        since: float | None = None,
+        result: str | None = None,
+        limit: int = 50,
+    ) -> list[SignInRecord]:
+        rows = await self._rows("sign_ins", SIGN_INS, user, since, result, limit)
+        return [_sign_in(r) for r in rows]
+
+    async def sign_ins_purge(self, before: float) -> int:
+        return await self._run("sign_ins_purge", SIGN_INS_PURGE, before)
+
+    # -- requests per user and hour ---------------------------------------------------------
+
+    async def request_counts_add(self, counts: dict[tuple[str, int], int]) -> None:
+        if not counts:
+            return
+        # Sorted, so two processes flushing overlapping rows lock them in the same order and
+        # cannot deadlock.
+        rows = sorted((user, hour, n) for (user, hour), n in counts.items())
+        async with self._write("request_counts_add") as conn:
+            await conn.executemany(REQUEST_COUNT_ADD, rows)
+
+    async def request_count(self, user: str, since_hour: int) -> int:
+        return int(await self._value("request_count", REQUEST_COUNT, user, since_hour))
+
+    async def request_counts_purge(self, before_hour: int) -> int:
+        return await self._run("request_counts_purge", REQUEST_COUNTS_PURGE, before_hour)
+
+    # -- incidents --------------------------------------------------------------------------
+
+    async def incident_open_or_extend(
+        self, user: str, at: float, evidence: list[SignInRecord], *, create: bool = True
+    ) -> IncidentUpdate:
+        async with self._write("incident_open_or_extend") as conn:
+            opened = False
+            if create:
+                # A concurrent opener holds the index entry: this INSERT waits for its commit,
+                # then does nothing; the SELECT below (a new snapshot) sees its incident.
+                opened = _count(await conn.execute(INCIDENT_OPEN, user, at)) == 1
+            row = await conn.fetchrow(INCIDENT_ACTIVE_FOR_UPDATE, user)
+            if row is None:
+                return IncidentUpdate(None, False, 0)
+            incident = _incident(row)
+            added = 0
+            for e in evidence:
+                added += _count(
+                    await conn.execute(
+                        INCIDENT_EVIDENCE_ADD,
+                        incident.id,
+                        e.id,
+                        e.user,
+                        e.result,
+                        e.ip,
+                        e.country,
+                        e.geoip_source,
+                        e.user_agent,
+                        e.at,
+                    )
+                )
+            if added or opened:
+                countries = merge_countries(incident.countries, evidence)
+                row = await conn.fetchrow(INCIDENT_SET_COUNTRIES, incident.id, countries, at)
+                incident = _incident(row)
+        return IncidentUpdate(incident, opened, added)
+
+    async def incident_get(self, id: int) -> IncidentRecord | None:
+        row = await self._row("incident_get", INCIDENT_GET, id)
+        return None if row is None else _incident(row)
+
+    async def incidents(
+        self, *, state: str | None = None, user: str | None = None, limit: int = 100
+    ) -> list[IncidentRecord]:
+        rows = await self._rows("incidents", INCIDENTS, state, user, limit)
+        return [_incident(r) for r in rows]
+
+    async def incident_sign_ins(self, id: int) -> list[SignInRecord]:
+        return [_sign_in(r) for r in await self._rows("incident_sign_ins", INCIDENT_SIGN_INS, id)]
+
+    async def incident_counts(self) -> dict[str, int]:
+        rows = await self._rows("incident_counts", INCIDENT_COUNTS)
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    async def incident_acknowledge(self, id: int, by: str, at: float) -> bool:
+        return await self._run("incident_acknowledge", INCIDENT_ACKNOWLEDGE, id, by, at) == 1
+
+    async def incident_resolve(self, id: int, by: str, at: float, note: str) -> bool:
+        return await self._run("incident_resolve", INCIDENT_RESOLVE, id, by, at, note) == 1
+
+    async def incidents_purge(self, resolved_before: float) -> int:
+        async with self._write("incidents_purge") as conn:
+            await conn.execute(INCIDENTS_PURGE_EVIDENCE, resolved_before)
+            return _count(await conn.execute(INCIDENTS_PURGE, resolved_before))
+
+    # -- trusted login IPs ------------------------------------------------------------------
+
+    async def trusted_ip_add(
+        self, cidr: str, scope: str, description: str, by: str, at: float
+    ) -> TrustedIpRecord:
+        row = await self._row("trusted_ip_add", TRUSTED_IP_ADD, cidr, scope, description, at, by)
+        assert row is not None
+        return _trusted_ip(row)
+
+    async def trusted_ips(self, scope: str | None = None) -> list[TrustedIpRecord]:
+        return [_trusted_ip(r) for r in await self._rows("trusted_ips", TRUSTED_IPS, scope)]
+
+    async def trusted_ip_get(self, id: int) -> TrustedIpRecord | None:
+        row = await self._row("trusted_ip_get", TRUSTED_IP_GET, id)
+        return None if row is None else _trusted_ip(row)
+
+    async def trusted_ip_remove(self, id: int) -> TrustedIpRecord | None:
+        row = await self._row("trusted_ip_remove", TRUSTED_IP_REMOVE, id)
+        return None if row is None else _trusted_ip(row)
 
     # -- meta -------------------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ each transaction) whole, since coroutines sharing a connection would otherwise s
 transaction.
 """
 
-# Names such as PASSWORD_SET hold SQL about passwords, not passwords:
-# ruff: noqa: S105
+# Names such as PASSWORD_SET hold SQL about passwords, not passwords (S105); f-strings below
+# only join constant column lists into constant SQL (S608):
+# ruff: noqa: S105, S608
 from __future__ import annotations
 
 import asyncio
@@ -37,17 +38,22 @@ from .base import (
     AttemptLimit,
     AttemptReservation,
     AuditHead,
+    IncidentRecord,
+    IncidentUpdate,
     OutboxRecord,
     OutboxStats,
     PasswordRecord,
     RecoveryCodeRecord,
     SessionRecord,
     SigningKeyRecord,
+    SignInRecord,
     StoreConflict,
     StoreError,
     StoreUnavailable,
     SystemMessageRecord,
     TotpRecord,
+    TrustedIpRecord,
+    merge_countries,
 )
 from .outbox_rules import OUTBOX_STATES, coalesced_not_before
 from .schema import load_migrations, pending_migrations, split_sqlite_script
@@ -179,6 +185,74 @@ INSERT INTO password_seen (username, base_hash, first_seen) VALUES (?, ?, ?)
 ON CONFLICT (username, base_hash) DO NOTHING"""
 PASSWORD_SEEN_GET = "SELECT first_seen FROM password_seen WHERE username = ? AND base_hash = ?"
 
+# -- sign-in history and requests per hour ----------------------------------------------------
+
+SIGN_IN_COLUMNS = "id, username, result, ip, country, geoip_source, user_agent, at"
+SIGN_IN_ADD = """
+INSERT INTO sign_ins (username, result, ip, country, geoip_source, user_agent, at)
+VALUES (?, ?, ?, ?, ?, ?, ?)"""
+SIGN_INS = f"""
+SELECT {SIGN_IN_COLUMNS} FROM sign_ins
+WHERE username = ? AND (? IS NULL OR at >= ?) AND (? IS NULL OR result = ?)
+ORDER BY at DESC, id DESC LIMIT ?"""
+SIGN_INS_PURGE = "DELETE FROM sign_ins WHERE at < ?"
+REQUEST_COUNT_ADD = """
+INSERT INTO request_counts (username, hour, count) VALUES (?, ?, ?)
+ON CONFLICT (username, hour) DO UPDATE SET count = request_counts.count + excluded.count"""
+REQUEST_COUNT = """
+SELECT COALESCE(SUM(count), 0) FROM request_counts WHERE username = ? AND hour >= ?"""
+REQUEST_COUNTS_PURGE = "DELETE FROM request_counts WHERE hour < ?"
+
+# -- incidents --------------------------------------------------------------------------------
+
+INCIDENT_COLUMNS = """
+id, username, state, countries, opened_at, updated_at, acknowledged_at, acknowledged_by,
+resolved_at, resolved_by, note"""
+INCIDENT_OPEN = """
+INSERT INTO incidents (username, state, countries, opened_at, updated_at)
+VALUES (?, 'open', '', ?, ?)
+ON CONFLICT (username) WHERE state <> 'resolved' DO NOTHING"""
+INCIDENT_ACTIVE = f"""
+SELECT {INCIDENT_COLUMNS} FROM incidents WHERE username = ? AND state <> 'resolved'"""
+INCIDENT_EVIDENCE_ADD = """
+INSERT INTO incident_sign_ins
+    (incident_id, sign_in_id, username, result, ip, country, geoip_source, user_agent, at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (incident_id, sign_in_id) DO NOTHING"""
+INCIDENT_SET_COUNTRIES = "UPDATE incidents SET countries = ?, updated_at = ? WHERE id = ?"
+INCIDENT_GET = f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?"
+INCIDENTS = f"""
+SELECT {INCIDENT_COLUMNS} FROM incidents
+WHERE (? IS NULL OR state = ?) AND (? IS NULL OR username = ?)
+ORDER BY opened_at DESC, id DESC LIMIT ?"""
+INCIDENT_SIGN_INS = """
+SELECT sign_in_id, username, result, ip, country, geoip_source, user_agent, at
+FROM incident_sign_ins WHERE incident_id = ? ORDER BY at, sign_in_id"""
+INCIDENT_COUNTS = "SELECT state, COUNT(*) FROM incidents GROUP BY state"
+INCIDENT_ACKNOWLEDGE = """
+UPDATE incidents SET state = 'acknowledged', acknowledged_at = ?, acknowledged_by = ?,
+    updated_at = ?
+WHERE id = ? AND state = 'open'"""
+INCIDENT_RESOLVE = """
+UPDATE incidents SET state = 'resolved', resolved_at = ?, resolved_by = ?, note = ?,
+    updated_at = ?
+WHERE id = ? AND state <> 'resolved'"""
+INCIDENTS_PURGE_EVIDENCE = """
+DELETE FROM incident_sign_ins WHERE incident_id IN
+    (SELECT id FROM incidents WHERE state = 'resolved' AND resolved_at < ?)"""
+INCIDENTS_PURGE = "DELETE FROM incidents WHERE state = 'resolved' AND resolved_at < ?"
+
+# -- trusted login IPs ------------------------------------------------------------------------
+
+TRUSTED_IP_COLUMNS = "id, cidr, scope, description, created_at, created_by"
+TRUSTED_IP_ADD = f"""
+INSERT INTO trusted_ips (cidr, scope, description, created_at, created_by)
+VALUES (?, ?, ?, ?, ?) RETURNING {TRUSTED_IP_COLUMNS}"""
+TRUSTED_IPS = f"""
+SELECT {TRUSTED_IP_COLUMNS} FROM trusted_ips WHERE (? IS NULL OR scope = ?) ORDER BY scope, id"""
+TRUSTED_IP_GET = f"SELECT {TRUSTED_IP_COLUMNS} FROM trusted_ips WHERE id = ?"
+TRUSTED_IP_REMOVE = f"DELETE FROM trusted_ips WHERE id = ? RETURNING {TRUSTED_IP_COLUMNS}"
+
 # -- meta -------------------------------------------------------------------------------------
 
 META_GET = "SELECT value FROM meta WHERE key = ?"
@@ -252,6 +326,21 @@ def _create_private(path: Path) -> None:
 
 def _dump_json(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _incident(row: Any) -> IncidentRecord:
+    id_, user, state, countries, *rest = row
+    return IncidentRecord(int(id_), user, state, tuple(filter(None, countries.split(","))), *rest)
+
+
+def _sign_in(row: Any) -> SignInRecord:
+    id_, *rest = row
+    return SignInRecord(int(id_), *rest)
+
+
+def _trusted_ip(row: Any) -> TrustedIpRecord:
+    id_, *rest = row
+    return TrustedIpRecord(int(id_), *rest)
 
 
 class SqliteStore:
@@ -610,6 +699,153 @@ class SqliteStore:
             await conn.execute(PASSWORD_SEEN_ADD, (user, base_hash, at))
             rows = await conn.execute_fetchall(PASSWORD_SEEN_GET, (user, base_hash))
         return rows[0][0]
+
+    # -- sign-in history --------------------------------------------------------------------
+
+    async def sign_in_add(
+        self,
+        user: str,
+        result: str,
+        ip: str | None,
+        country: str | None,
+        geoip_source: str | None,
+        user_agent: str,
+        at: float,
+    ) -> SignInRecord:
+        params = (user, result, ip, country, geoip_source, user_agent, at)
+        async with self._use("sign_in_add") as conn:
+            cursor = await conn.execute(SIGN_IN_ADD, params)
+            id_ = cursor.lastrowid
+            await cursor.close()
+        assert id_ is not None
+        return SignInRecord(id_, *params)
+
+    async def sign_ins(
+        self,
+        user: str,
+        *,
+        since: float | None = None,
+        result: str | None = None,
+        limit: int = 50,
+    ) -> list[SignInRecord]:
+        params = (user, since, since, result, result, limit)
+        return [_sign_in(r) for r in await self._rows("sign_ins", SIGN_INS, params)]
+
+    async def sign_ins_purge(self, before: float) -> int:
+        return await self._run("sign_ins_purge", SIGN_INS_PURGE, (before,))
+
+    # -- requests per user and hour ---------------------------------------------------------
+
+    async def request_counts_add(self, counts: dict[tuple[str, int], int]) -> None:
+        if not counts:
+            return
+        rows = [(user, hour, n) for (user, hour), n in counts.items()]
+        async with self._write("request_counts_add") as conn:
+            await conn.executemany(REQUEST_COUNT_ADD, rows)
+
+    async def request_count(self, user: str, since_hour: int) -> int:
+        (count,) = await self._one("request_count", REQUEST_COUNT, (user, since_hour))
+        return int(count)
+
+    async def request_counts_purge(self, before_hour: int) -> int:
+        return await self._run("request_counts_purge", REQUEST_COUNTS_PURGE, (before_hour,))
+
+    # -- incidents --------------------------------------------------------------------------
+
+    async def incident_open_or_extend(
+        self, user: str, at: float, evidence: list[SignInRecord], *, create: bool = True
+    ) -> IncidentUpdate:
+        # BEGIN IMMEDIATE serialises writers across processes; the unique partial index is
+        # what guarantees one active incident per user even so.
+        async with self._write("incident_open_or_extend") as conn:
+            opened = False
+            if create:
+                cursor = await conn.execute(INCIDENT_OPEN, (user, at, at))
+                opened = cursor.rowcount == 1
+                await cursor.close()
+            rows = await conn.execute_fetchall(INCIDENT_ACTIVE, (user,))
+            if not rows:
+                return IncidentUpdate(None, False, 0)
+            incident = _incident(rows[0])
+            added = 0
+            for e in evidence:
+                cursor = await conn.execute(
+                    INCIDENT_EVIDENCE_ADD,
+                    (
+                        incident.id,
+                        e.id,
+                        e.user,
+                        e.result,
+                        e.ip,
+                        e.country,
+                        e.geoip_source,
+                        e.user_agent,
+                        e.at,
+                    ),
+                )
+                added += cursor.rowcount
+                await cursor.close()
+            countries = merge_countries(incident.countries, evidence)
+            if added or opened:
+                await conn.execute(INCIDENT_SET_COUNTRIES, (countries, at, incident.id))
+                rows = await conn.execute_fetchall(INCIDENT_GET, (incident.id,))
+                incident = _incident(rows[0])
+        return IncidentUpdate(incident, opened, added)
+
+    async def incident_get(self, id: int) -> IncidentRecord | None:
+        row = await self._one("incident_get", INCIDENT_GET, (id,))
+        return None if row is None else _incident(row)
+
+    async def incidents(
+        self, *, state: str | None = None, user: str | None = None, limit: int = 100
+    ) -> list[IncidentRecord]:
+        params = (state, state, user, user, limit)
+        return [_incident(r) for r in await self._rows("incidents", INCIDENTS, params)]
+
+    async def incident_sign_ins(self, id: int) -> list[SignInRecord]:
+        rows = await self._rows("incident_sign_ins", INCIDENT_SIGN_INS, (id,))
+        return [_sign_in(r) for r in rows]
+
+    async def incident_counts(self) -> dict[str, int]:
+        rows = await self._rows("incident_counts", INCIDENT_COUNTS)
+        return {state: int(n) for state, n in rows}
+
+    async def incident_acknowledge(self, id: int, by: str, at: float) -> bool:
+        params = (at, by, at, id)
+        return await self._run("incident_acknowledge", INCIDENT_ACKNOWLEDGE, params) == 1
+
+    async def incident_resolve(self, id: int, by: str, at: float, note: str) -> bool:
+        params = (at, by, note, at, id)
+        return await self._run("incident_resolve", INCIDENT_RESOLVE, params) == 1
+
+    async def incidents_purge(self, resolved_before: float) -> int:
+        async with self._write("incidents_purge") as conn:
+            await conn.execute(INCIDENTS_PURGE_EVIDENCE, (resolved_before,))
+            cursor = await conn.execute(INCIDENTS_PURGE, (resolved_before,))
+            return cursor.rowcount
+
+    # -- trusted login IPs ------------------------------------------------------------------
+
+    async def trusted_ip_add(
+        self, cidr: str, scope: str, description: str, by: str, at: float
+    ) -> TrustedIpRecord:
+        params = (cidr, scope, description, at, by)
+        async with self._write("trusted_ip_add") as conn:
+            rows = await conn.execute_fetchall(TRUSTED_IP_ADD, params)
+        return _trusted_ip(rows[0])
+
+    async def trusted_ips(self, scope: str | None = None) -> list[TrustedIpRecord]:
+        rows = await self._rows("trusted_ips", TRUSTED_IPS, (scope, scope))
+        return [_trusted_ip(r) for r in rows]
+
+    async def trusted_ip_get(self, id: int) -> TrustedIpRecord | None:
+        row = await self._one("trusted_ip_get", TRUSTED_IP_GET, (id,))
+        return None if row is None else _trusted_ip(row)
+
+    async def trusted_ip_remove(self, id: int) -> TrustedIpRecord | None:
+        async with self._write("trusted_ip_remove") as conn:
+            rows = await conn.execute_fetchall(TRUSTED_IP_REMOVE, (id,))
+        return _trusted_ip(rows[0]) if rows else None
 
     # -- meta -------------------------------------------------------------------------------
 
