@@ -25,11 +25,13 @@ from gateway.policy.diff import diff as policy_diff
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.source import LoadResult, PolicyHolder, poll, watch
 from gateway.services.audit import AuditLog
+from gateway.services.geoip import GeoIp
 from gateway.services.metrics import Metrics
 from gateway.services.notify import runtime as notify_runtime
 from gateway.services.readiness import two_factor_warning
 from gateway.services.removed_users import end_sessions_of_removed_users
 from gateway.services.secret_key import load_secret_key
+from gateway.services.security import SecurityOps
 from gateway.services.session_store import open_session_store
 from gateway.services.signing import REFRESH_INTERVAL, KeyRing
 from gateway.services.store import open_store
@@ -103,10 +105,18 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
         await audit.start()
         keyring = KeyRing(store, secret_key)
         await keyring.load_or_create()
+        metrics = Metrics()
+        security = SecurityOps(
+            store,
+            audit,
+            lambda: holder.current,
+            geoip=GeoIp(geoip_database(snapshot)),
+            metrics=metrics,
+        )
         services = Services(
             holder=holder,
             secret_key=secret_key,
-            metrics=Metrics(),
+            metrics=metrics,
             audit=audit,
             store=store,
             sessions=sessions,
@@ -115,6 +125,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             csrf=Csrf(secret_key.derive("csrf")),
             pages=build_pages(),
             started_at=time.time(),
+            security=security,
         )
         app[SERVICES] = services
         holder.on_reload(_reload_listener(services))
@@ -135,6 +146,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
             asyncio.create_task(_every(1.0, services.metrics.flush_periodically)),
         ]
         tasks += notify_runtime.start(services)  # outbox sender, system messages, retention
+        await security.start()
         if watch_files:
             tasks.append(asyncio.create_task(watch(holder)))
             tasks.append(asyncio.create_task(poll(holder)))
@@ -160,6 +172,7 @@ def _services(holder: PolicyHolder, watch_files: bool):  # type: ignore[no-untyp
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await services.forwarder.close()
+            await security.close()
             await audit.close()
             await sessions.close()
             await store.close()
@@ -238,6 +251,7 @@ def _reload_listener(services: Services):  # type: ignore[no-untyped-def]
         await end_sessions_of_removed_users(services.sessions, audit, previous, new)
         services.forwarder.sockets.recheck(new)
         services.metrics.policy_generation.set(new.generation)
+        services.security.geoip.configure(geoip_database(new))
         for warning in new.warnings:
             log.warning("policy_warning", warning=warning)
         restart = [k for k in RESTART_KEYS if _setting(new, k) != _setting(previous, k)]
@@ -273,6 +287,12 @@ async def _warn_two_factor(services: Services, snapshot: Snapshot) -> None:
         return
     if warning:
         log.warning("two_factor_no_admin_enrolled", warning=warning)
+
+
+def geoip_database(snapshot: Snapshot) -> Path | None:
+    """`geoip.database`, relative to the config file's folder."""
+    database = snapshot.config.geoip.database
+    return snapshot.paths.config_dir / database if database else None
 
 
 def initial_holder(config_file: Path, result: LoadResult) -> PolicyHolder:

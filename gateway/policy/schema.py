@@ -22,6 +22,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from gateway.policy import trusted_ips
 from gateway.policy.ipset import NOT_A_NETWORK, parse_entry
 
 # Ten years: far beyond any sensible timeout or ban, and far below what overflows a date.
@@ -361,9 +362,10 @@ class Incidents(Model):
 
 
 class TrustedLoginIp(Model):
-    cidr: Network
-    scope: str
-    description: Annotated[str, Field(min_length=1)]
+    # The "mark as safe" rules of PRODUCT.md section 8, shared with the console and the CLI.
+    cidr: Annotated[str, BeforeValidator(trusted_ips.check_trusted_network)]
+    scope: Annotated[str, BeforeValidator(trusted_ips.check_scope)]
+    description: Annotated[str, BeforeValidator(trusted_ips.check_description)]
 
 
 class Notifications(Model):

@@ -92,6 +92,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.sign_ins = Counter(
+            "gateway_sign_ins_total",
+            "Sign-in attempts past the password step by result (success, failure, banned) and "
+            'country (ISO code; "none" when not globally routable or unknown).',
+            ["result", "country"],
+            registry=r,
+        )
+        self.incidents_open = Gauge(
+            "gateway_incidents_open",
+            "Security incidents in state open (read from the state store).",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self._children: dict[tuple[str, str, str, str], object] = {}
         self._latency_children: dict[tuple[str, str], object] = {}
         # Request metrics are counted in plain ints and handed to prometheus-client in bulk

@@ -182,7 +182,21 @@ async def advance(request: web.Request, session: Session, user: User) -> web.Str
             user_agent=request.headers.get("User-Agent", "")[:256],
         )
         services.metrics.logins.labels("success").inc()
+        await _record_sign_in(request, user, "success")
     raise web.HTTPFound(session.pop("next", None) or "/")
+
+
+async def _record_sign_in(request: web.Request, user: User, result: str) -> None:
+    """Sign-in history and incident detection (services/security) for an attempt that got past
+    the password step."""
+    ctx = context_of(request)
+    await _services(request).security.record_sign_in(
+        user,
+        result,
+        ctx.client_ip,
+        request.headers.get("User-Agent", ""),
+        request_id=ctx.request_id,
+    )
 
 
 # -- login / logout ----------------------------------------------------------------------------
@@ -363,6 +377,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
                 await attempt.failed()
     except regulation.Refused:
         services.metrics.logins.labels("banned").inc()
+        await _record_sign_in(request, user, "banned")
         return _banned_out(request, session, user.name)
     if not result.ok:
         audit(
@@ -373,6 +388,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
             replayed=result.replayed or None,
             remaining=attempt.remaining,
         )
+        await _record_sign_in(request, user, "failure")
         await notice(
             request, "login_failed", user.name, ctx.client_ip, _country(request), "wrong 2FA code"
         )

@@ -175,6 +175,8 @@ async def decide_access(request: web.Request, ctx: RequestContext, view: Describ
         verdict = authenticate_api(ctx, view)
     else:
         verdict = await authenticate_dashboard(request, ctx)
+        if verdict.allowed:  # requests per user and hour, for the admin console
+            request.app[SERVICES].security.count_request(ctx.principal)  # type: ignore[arg-type]
     if not verdict.allowed:
         return verdict
 

@@ -18,6 +18,7 @@ from gateway.services.store import StateStore
 if TYPE_CHECKING:
     from gateway.services.audit import AuditLog
     from gateway.services.notify import Notifier, Sender, SystemMessages
+    from gateway.services.security import SecurityOps
     from gateway.web.csrf import Csrf
     from gateway.web.pages import Pages
     from gateway.web.proxy import Forwarder
@@ -36,6 +37,7 @@ class Services:
     csrf: Csrf
     pages: Pages
     started_at: float
+    security: SecurityOps
     signin: SignInGuard = field(default_factory=SignInGuard)  # attempts in flight, hashing
     ready: bool = False
     problems: list[str] = field(default_factory=list)  # why not ready, for readyz

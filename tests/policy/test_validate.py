@@ -143,8 +143,11 @@ class TestPolicyErrors:
             """,
         )
         assert problems == [
-            "policies/trusted.yaml:2 trusted_login_ips[0].description: string should have at "
-            "least 1 character, got ''"
+            "policies/trusted.yaml:2 trusted_login_ips[0].cidr: '66.249.64.0/19': /19 is not "
+            "allowed; for IPv4 mark the address alone, a network from /31 to /22, or a /17 for "
+            "a large provider",
+            "policies/trusted.yaml:2 trusted_login_ips[0].description: a description is "
+            "required: say why this address is safe",
         ]
 
 
