@@ -363,9 +363,26 @@ class Incidents(Model):
 
 class TrustedLoginIp(Model):
     # The "mark as safe" rules of PRODUCT.md section 8, shared with the console and the CLI.
-    cidr: Annotated[str, BeforeValidator(trusted_ips.check_trusted_network)]
-    scope: Annotated[str, BeforeValidator(trusted_ips.check_scope)]
-    description: Annotated[str, BeforeValidator(trusted_ips.check_description)]
+    cidr: Annotated[
+        str,
+        BeforeValidator(trusted_ips.check_trusted_network),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "description": "an address, or a network: IPv4 /31 to /22 or /17, IPv6 /64 to /48",
+            }
+        ),
+    ]
+    scope: Annotated[
+        str,
+        BeforeValidator(trusted_ips.check_scope),
+        WithJsonSchema({"type": "string", "description": "an email domain, like example.com"}),
+    ]
+    description: Annotated[
+        str,
+        BeforeValidator(trusted_ips.check_description),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200}),
+    ]
 
 
 class Notifications(Model):
