@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway import cli_schema, cli_secrets, cli_signin
+from gateway import cli_schema, cli_secrets, cli_security, cli_signin
 from gateway.cli_notify import VERBS as NOTIFY_VERBS
 from gateway.cli_notify import add_parsers as add_notify_parsers
 from gateway.policy.source import LoadResult, load
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_schema.register(sub, common)
     add_notify_parsers(sub, common)  # notify test, outbox, retention run
+    cli_security.add_parsers(sub, common)  # incidents, logins, trusted-ips
 
     demo = sub.add_parser("demo", parents=[common], help="gateway + demo dashboard and API")
     demo.add_argument("--port", type=int, default=8080)
@@ -360,6 +361,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "schema": cli_schema.cmd_schema,
 }
 _VERBS.update(NOTIFY_VERBS)
+_VERBS.update(cli_security.VERBS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

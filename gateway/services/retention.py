@@ -1,10 +1,10 @@
 """Retention (section 7.4): delete personal data older than `retention:` allows.
 
 Runs at start and daily in every gateway process, and on demand (`gateway retention run`):
-- login history older than `login_history_days` (sign-in regulation records, and the
-  sign-in history once the state store has one), and finished outbox rows as old (they name
+- login history older than `login_history_days` (sign-in regulation records, the sign-in
+  history and the requests per user and hour), and finished outbox rows as old (they name
   people and addresses);
-- incidents closed longer than `incidents_days` ago (when the state store has incidents);
+- incidents resolved longer than `incidents_days` ago, with their evidence;
 - rotated audit files (`audit.path` plus a date) older than `audit_days`.
 
 It writes one `retention.purged` record with what was removed: counts, the date range and,
@@ -89,6 +89,9 @@ async def run_retention(
     report = PurgeReport()
     history_before = now - rules.login_history_days * DAY
     report.login_history = await store.login_failures_purge(history_before)
+    report.login_history += await store.sign_ins_purge(history_before)
+    report.login_history += await store.request_counts_purge(int(history_before) // 3600)
+    report.incidents = await store.incidents_purge(now - rules.incidents_days * DAY)
     report.outbox = await store.outbox_purge(history_before)
     await asyncio.to_thread(_purge_audit_files, snapshot, audit, report, now)
     if not report.empty:

@@ -337,3 +337,33 @@ class TestUserActivity:
     async def test_unknown_user(self, harness: Harness) -> None:
         activity = await harness.ops.user_activity("ghost")
         assert (activity.known, activity.scope, activity.sign_ins) == (False, None, [])
+
+
+class TestRetention:
+    """`retention:` purges old sign-ins, request counts and long-resolved incidents."""
+
+    async def test_old_history_and_resolved_incidents_go(
+        self, harness: Harness, store: StateStore
+    ) -> None:
+        from gateway.services.retention import run_retention
+
+        day = 86400.0
+        await harness.sign_in("alice", GB)
+        harness.ops.count_request("alice")
+        await harness.ops.requests.flush()
+        await harness.sign_in("alice", NO)
+        (incident,) = await harness.ops.list_incidents()
+        await harness.ops.resolve(incident.id, "ok", ADMIN)
+        harness.clock.now += 100 * day
+        kept = await harness.sign_in("bob", GB)
+        snapshot = harness.snapshot  # type: ignore[attr-defined]
+        report = await run_retention(snapshot, store, harness.audit, now=harness.clock.now)
+        # 90 days of login history (the default), 180 days for resolved incidents
+        assert report.login_history == 3  # two sign-ins and one hour of requests
+        assert report.incidents == 0
+        assert [s.id for s in await store.sign_ins("bob")] == [kept.id]
+        assert await store.sign_ins("alice") == []
+        harness.clock.now += 81 * day
+        report = await run_retention(snapshot, store, harness.audit, now=harness.clock.now)
+        assert report.incidents == 1
+        assert await harness.ops.list_incidents() == []
