@@ -335,3 +335,28 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM")
+
+
+def write_country_mmdb(
+    path: Path,
+    blocks: dict[str, str],
+    *,
+    database_type: str = "GeoLite2-Country",
+    key: str = "country",
+) -> Path:
+    """A real MaxMind-format Country database (mmdb-writer) mapping each network to an ISO
+    code, written to a temporary name and renamed into place as geoipupdate does."""
+    import os
+
+    import netaddr
+    from mmdb_writer import MMDBWriter
+
+    writer = MMDBWriter(
+        6, database_type, languages=["en"], description="test", ipv4_compatible=True
+    )
+    for network, iso in blocks.items():
+        writer.insert_network(netaddr.IPSet([network]), {key: {"iso_code": iso}})
+    tmp = path.with_suffix(".tmp")
+    writer.to_db_file(str(tmp))
+    os.replace(tmp, path)
+    return path

@@ -3,33 +3,14 @@ bundled iptocc table, and the addresses that never have a country."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import netaddr
 import pytest
-from mmdb_writer import MMDBWriter
 
 from gateway.services.geoip import BundledDatabase, GeoIp, MaxMindDatabase, countable
+from tests.factories import write_country_mmdb
 
-
-def write_mmdb(
-    path: Path,
-    blocks: dict[str, str],
-    *,
-    database_type: str = "GeoLite2-Country",
-    key: str = "country",
-) -> Path:
-    """A Country-style database mapping each network to an ISO code, renamed into place."""
-    writer = MMDBWriter(
-        6, database_type, languages=["en"], description="test", ipv4_compatible=True
-    )
-    for network, iso in blocks.items():
-        writer.insert_network(netaddr.IPSet([network]), {key: {"iso_code": iso}})
-    tmp = path.with_suffix(".tmp")
-    writer.to_db_file(str(tmp))
-    os.replace(tmp, path)
-    return path
+write_mmdb = write_country_mmdb
 
 
 PUBLIC = {

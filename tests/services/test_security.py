@@ -230,10 +230,14 @@ class TestIncidentStates:
         )
         assert (res[0]["principal"], res[0]["note"]) == ("root", "Travelling, confirmed by phone")
 
+        # What the admin judged does not reopen it: only sign-ins after the resolution count.
         harness.clock.now += 60
         await harness.sign_in("alice", GB)
+        assert len(await harness.ops.list_incidents()) == 1
+        harness.clock.now += 60
+        await harness.sign_in("alice", SE)
         (new, old) = await harness.ops.list_incidents()
-        assert (new.state, old.id) == ("open", incident.id)
+        assert (new.state, new.countries, old.id) == ("open", ("GB", "SE"), incident.id)
         assert len(harness.opened) == 2
 
     async def test_the_command_line_has_no_principal(self, harness: Harness) -> None:

@@ -8,6 +8,10 @@ email domain. When the counted ones span `incidents.distinct_countries` or more 
 user gets an incident, or their active one (open or acknowledged) gets the new evidence. A
 counted sign-in of a user who already has an active incident is added to it even when the
 window alone would no longer open one ("further logins add to it").
+
+Resolving an incident closes the case on what was known: sign-ins up to the resolution never
+count again, so the next sign-in does not reopen it with the same evidence; a new incident
+needs `distinct_countries` countries among the sign-ins after the resolution.
 """
 
 from __future__ import annotations
@@ -60,8 +64,13 @@ class IncidentDetector:
     ) -> IncidentUpdate | None:
         """Look at the user's window after the successful sign-in `latest`."""
         rules = snapshot.policy.incidents
+        since = latest.at - rules.window
+        resolved = await self._store.incidents(user=user.name, state="resolved", limit=1)
+        if resolved and resolved[0].resolved_at is not None:
+            # An admin judged everything up to the resolution: only what came after counts.
+            since = max(since, resolved[0].resolved_at)
         window = await self._store.sign_ins(
-            user.name, since=latest.at - rules.window, result="success", limit=HISTORY_LIMIT
+            user.name, since=since, result="success", limit=HISTORY_LIMIT
         )
         if all(s.id != latest.id for s in window):
             window.append(latest)
