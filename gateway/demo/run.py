@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.demo import front_proxy
 from gateway.demo.backends import api_app, dashboard_app
 from gateway.demo.mailsink import MailSink
+from gateway.demo.seed import seed_incident
 from gateway.services.passwords import hash_password
 from gateway.web.listener import ListenError, start_gateway
 
@@ -56,6 +57,9 @@ allowlists:
     entries:
       - {ip: 127.0.0.0/8, description: This machine}
       - {ip: "::1", description: This machine (IPv6)}
+      # bob's seeded sign-ins from two countries (see the incident in the admin console)
+      - {ip: 193.0.6.139, description: "Demo: a sign-in from the Netherlands"}
+      - {ip: 202.12.29.205, description: "Demo: a sign-in from Australia"}
   api:
     enabled: true
     entries:
@@ -118,15 +122,17 @@ def write_demo_files(
     """(Re)write the demo's config (its ports change); the policies, people and state of an
     earlier run are kept: the README invites editing them. -> the API key.
 
-    behind_proxy: nginx on this machine is in front (forward-auth mode) and trusted."""
+    behind_proxy: nginx on this machine is in front (forward-auth mode)."""
     (base / "policies").mkdir(parents=True, exist_ok=True)
-    trusted = "trusted_proxies: [127.0.0.1/32]   # nginx in front (forward-auth)\n"
+    # This machine is a trusted proxy: nginx in front (forward-auth), and the demo's seeded
+    # sign-ins, which name their public address in X-Forwarded-For (demo/seed.py).
+    trusted = "trusted_proxies: [127.0.0.1/32]   # this machine (nginx, seeded sign-ins)\n"
     (base / "gateway.yaml").write_text(
         CONFIG.format(
             port=port,
             dash_port=dash_port,
             api_port=api_port,
-            trusted=trusted if behind_proxy else "",
+            trusted=trusted,
             smtp_port=smtp_port,
             public_url=f"http://127.0.0.1:{front_port or port}",
         )
@@ -209,6 +215,8 @@ Access gateway demo
      bob   / {PASSWORDS["bob"]}     (role viewer, no 2FA required)
   API           curl -H 'Authorization: Bearer {api_key}' {base}/api/status
   Your account  {base}/_gateway/account
+  Incidents     {base}/_gateway/admin/ (as alice): bob signs in from two countries
+                when the demo folder is new (CLI: gateway incidents --config .demo/gateway.yaml)
   Mailbox       {base}/mail    (mail the gateway sent: toggle protection in
                 policies/access.yaml and watch the notice arrive)
   Health        {base}/_gateway/readyz    Metrics {base}/_gateway/metrics
@@ -217,6 +225,7 @@ Press Ctrl-C to stop.
 """,
         flush=True,
     )
+    seeding = asyncio.create_task(_seed(f"http://127.0.0.1:{port}"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
@@ -224,12 +233,22 @@ Press Ctrl-C to stop.
     try:
         await stop.wait()
     finally:
+        seeding.cancel()
         if nginx is not None and nginx.returncode is None:
             nginx.terminate()
             await nginx.wait()
         for runner in reversed(runners):
             await runner.cleanup()
         mailbox.stop()
+
+
+async def _seed(gateway_url: str) -> None:
+    """bob's two sign-ins from two countries (demo/seed.py), after the banner is out."""
+    try:
+        if await seed_incident(gateway_url, DEMO_DIR / "state", PASSWORDS["bob"]):
+            print("Demo incident: bob signed in from the Netherlands and Australia.", flush=True)
+    except Exception as exc:
+        print(f"Demo incident not seeded: {exc}", flush=True)
 
 
 def _nginx_config(listen_port: int, gateway_port: int, dash_port: int, api_port: int) -> Path:
