@@ -89,22 +89,23 @@ class _ReadOnlyAudit:
 def _read_only(args: argparse.Namespace, job: Callable[..., Awaitable[int]]) -> int:
     """Run job(snapshot, security) on the existing state store, creating nothing."""
     from gateway.cli import _load_or_report
+    from gateway.cli_readonly import store_if_present
     from gateway.services.security import SecurityOps
-    from gateway.services.store import open_store, parse_store_url
-    from gateway.services.store.url import SqliteTarget
 
     result = _load_or_report(args.config)
     if result is None:
         return EXIT_INVALID
     snapshot = result.snapshot
     assert snapshot is not None
-    target = parse_store_url(snapshot.config.state, snapshot.paths.config_dir)
-    if isinstance(target, SqliteTarget) and not target.path.exists():
-        print(f"nothing recorded yet: no state database at {target.path}", file=sys.stderr)
-        return EXIT_OK
 
     async def go() -> int:
-        store = await open_store(snapshot.config.state, snapshot.paths.config_dir)
+        store = await store_if_present(snapshot)
+        if store is None:
+            print(
+                f"nothing recorded yet: no state database ({snapshot.config.state})",
+                file=sys.stderr,
+            )
+            return EXIT_OK
         try:
             return await job(snapshot, SecurityOps(store, _ReadOnlyAudit(), lambda: snapshot))
         finally:

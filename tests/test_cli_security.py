@@ -61,7 +61,9 @@ class TestReadOnly:
         assert run(files, "logins", "alice") == 0
         assert run(files, "trusted-ips", "list") == 0
         assert everything(files.root) == before
-        assert "nothing recorded yet: no state database at" in capsys.readouterr().err
+        assert "nothing recorded yet: no state database (sqlite:///state/gateway.db)" in (
+            capsys.readouterr().err
+        )
 
 
 class TestIncidents:

@@ -64,14 +64,13 @@ class IncidentDetector:
     ) -> IncidentUpdate | None:
         """Look at the user's window after the successful sign-in `latest`."""
         rules = snapshot.policy.incidents
-        since = latest.at - rules.window
+        window = await self._store.sign_ins(
+            user.name, since=latest.at - rules.window, result="success", limit=HISTORY_LIMIT
+        )
         resolved = await self._store.incidents(user=user.name, state="resolved", limit=1)
         if resolved and resolved[0].resolved_at is not None:
             # An admin judged everything up to the resolution: only what came after counts.
-            since = max(since, resolved[0].resolved_at)
-        window = await self._store.sign_ins(
-            user.name, since=since, result="success", limit=HISTORY_LIMIT
-        )
+            window = [s for s in window if s.at > resolved[0].resolved_at]
         if all(s.id != latest.id for s in window):
             window.append(latest)
         is_trusted = await trusted.matcher_for(
