@@ -49,6 +49,7 @@ from gateway.web.resources import SERVICES
 MODE: Final = "forward-auth"
 PATH_HEADER: Final = "X-Gateway-Path"
 LOGIN_HEADER: Final = "X-Gateway-Login"
+NOT_NORMAL: Final = "path not in normal form"
 # Every method the described request may have had; the auth request itself is usually a GET
 # (Traefik, Caddy), but nginx may send the original method.
 METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -118,14 +119,14 @@ async def decide_described(
     form), for proxies that cannot forward the normalised path themselves.
     """
     ctx.mode, ctx.method, ctx.raw_path = MODE, view.method, view.raw_path
-    ctx.path = ctx.surface = None  # they described the auth endpoint itself until now
+    ctx.path = ctx.surface = ctx.host = None  # they described the auth endpoint itself until now
     ctx.decision = None
     refusal = gate.locate(ctx, view)
     if refusal is not None:
         return refusal
     assert ctx.path is not None
     if normal_form and ctx.path != view.raw_path:
-        return decide.deny(decide.BAD_REQUEST, f"path not in normal form: sent to {ctx.path}")
+        return decide.deny(decide.BAD_REQUEST, f"{NOT_NORMAL}: sent to {ctx.path}")
     if path_has_prefix(ctx.path, ctx.snapshot.prefix):
         # The proxy asks about the gateway's own pages (an auth middleware applied to every
         # route): they apply their own access rules when the gateway serves them, and denying
@@ -179,7 +180,7 @@ async def auth_request(request: web.Request) -> web.StreamResponse:
 async def forward_auth(request: web.Request) -> web.StreamResponse:
     """Traefik forwardAuth and Caddy forward_auth."""
     ctx, view, decision = await _described_decision(request, from_forwarded, normal_form=True)
-    if view is not None and ctx.path is not None and ctx.path != view.raw_path:
+    if view is not None and ctx.path is not None and decision.reason.startswith(NOT_NORMAL):
         # Traefik and Caddy forward the path as received: the client is sent to the normal
         # form first, so the path the backend gets is the path decided on (any method: 308).
         gate.settle(ctx, decision)

@@ -162,6 +162,8 @@ class TestTraefikShape:
             {"X-Forwarded-Uri": "http://evil.example/x"},
             {"X-Forwarded-Method": "GET /x"},
             {"X-Forwarded-Host": "a.example, b.example"},
+            {"X-Forwarded-Host": "user@evil.example", "X-Forwarded-Uri": "//x"},
+            {"X-Forwarded-Host": "dash example"},
         ],
     )
     async def test_a_broken_description_is_a_400(self, gw: RunningGateway, broken):
