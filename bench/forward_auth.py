@@ -3,6 +3,9 @@ nginx caching the gateway's answer for 5 s, side by side.
 
 Run: .venv/bin/python bench/forward_auth.py          (about 3 minutes; see bench/README.md)
 
+After the throughput rounds, a latency probe with one connection per row (5 s per row and
+round) shows what the auth subrequest adds without queueing.
+
 Rows (the same wrk load, GET /api/items/42 with an API key, 100-byte answer from bench/backend.py):
   plain    nginx as a plain keep-alive reverse proxy (bench/nginx.conf.template), 1 worker
   auth     nginx with deploy/forward-auth/nginx.conf: every request asks the gateway
@@ -26,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +48,7 @@ import run  # bench/run.py: processes, wrk, /proc accounting
 from gateway.demo import front_proxy
 
 PATH = "/api/items/42"
+PROBE_SECONDS = 5
 ROWS = ("plain", "auth", "cached")
 LABELS = {
     "plain": "nginx, plain reverse proxy",
@@ -83,6 +88,23 @@ def start_nginx(procs: run.Procs, config: Path, log: Path, port: int) -> list[in
 def cpu_ticks(pids: list[int]) -> int:
     """run.cpu_ticks, skipping a process that has ended (nginx's cache loader)."""
     return sum(run.cpu_ticks([pid]) for pid in pids if Path(f"/proc/{pid}/stat").exists())
+
+
+def wrk_one(url: str, seconds: int, headers: dict[str, str]) -> run.WrkResult:
+    """wrk with one connection (bench/run.py's wrk uses BENCH_CONNECTIONS)."""
+    argv = ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    done = subprocess.run(
+        run.pinned(run.LOAD_CPU, [*argv, url]),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return run.parse_wrk(done.stdout)
 
 
 def decisions(metrics_url: str) -> int:
@@ -185,7 +207,9 @@ def median(rows: list[Row], field: str) -> float:
     return statistics.median(getattr(r, field) for r in rows)
 
 
-def report(results: dict[str, list[Row]], facts: dict[str, str]) -> str:
+def report(
+    results: dict[str, list[Row]], probes: dict[str, list[run.WrkResult]], facts: dict[str, str]
+) -> str:
     plain = median(results["plain"], "rps")
     plain_p99 = median(results["plain"], "p99_ms")
     lines = [
@@ -193,12 +217,16 @@ def report(results: dict[str, list[Row]], facts: dict[str, str]) -> str:
         "",
         "Medians of interleaved rounds. nginx and the gateway share CPU 1; wrk and the backend "
         "CPU 0. The machine was shared with other work while this ran: compare rows of one run, "
-        "not runs.",
+        "not runs. `x nginx plain` compares measured throughput; plain nginx is held back by "
+        "the load side (wrk and a Python backend on one CPU), so `CPU x nginx plain` (plain "
+        "nginx's CPU per request over nginx's + the gateway's) is the capacity ratio of the "
+        "server CPU.",
         "",
         "| system | req/s | x nginx plain | p50 ms | p99 ms | p99 added | nginx CPU us/req | "
-        "gateway CPU us/req | gateway CPU us/decision | decisions/req | bad |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "gateway CPU us/req | CPU x nginx plain | gateway CPU us/decision | decisions/req | bad |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    plain_cpu = median(results["plain"], "nginx_us")
     for name in ROWS:
         rows = results[name]
         rps = median(rows, "rps")
@@ -213,8 +241,29 @@ def report(results: dict[str, list[Row]], facts: dict[str, str]) -> str:
         lines.append(
             f"| {LABELS[name]} | {rps:,.0f} | {rps / plain:.2f} | {median(rows, 'p50_ms'):.2f} | "
             f"{p99:.2f} | {added} | {median(rows, 'nginx_us'):.1f} | "
-            f"{median(rows, 'gateway_us'):.1f} | {per_decision} | "
+            f"{median(rows, 'gateway_us'):.1f} | "
+            f"{plain_cpu / (median(rows, 'nginx_us') + median(rows, 'gateway_us')):.2f} | "
+            f"{per_decision} | "
             f"{decided / max(1, asked):.4f} | {sum(r.bad for r in rows)} |"
+        )
+    plain_p50 = statistics.median(p.p50_ms for p in probes["plain"])
+    plain_p99 = statistics.median(p.p99_ms for p in probes["plain"])
+    lines += [
+        "",
+        f"Latency with one connection ({PROBE_SECONDS} s per row and round, medians): what the "
+        "auth subrequest adds without queueing.",
+        "",
+        "| system | p50 ms | p99 ms | p50 added | p99 added |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ROWS:
+        p50 = statistics.median(p.p50_ms for p in probes[name])
+        p99 = statistics.median(p.p99_ms for p in probes[name])
+        added = name != "plain"
+        lines.append(
+            f"| {LABELS[name]} | {p50:.3f} | {p99:.3f} | "
+            f"{f'{p50 - plain_p50:+.3f}' if added else '-'} | "
+            f"{f'{p99 - plain_p99:+.3f}' if added else '-'} |"
         )
     lines += ["", "Rounds:", ""]
     for name in ROWS:
@@ -259,11 +308,21 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+        # Latency without queueing: one connection, so what the auth subrequest adds is not
+        # hidden behind 32 connections waiting on a saturated CPU.
+        probes: dict[str, list[run.WrkResult]] = defaultdict(list)
+        for _ in range(run.REPEAT):
+            for name in ROWS:
+                probes[name].append(
+                    wrk_one(
+                        systems[name].url, PROBE_SECONDS, {"Authorization": f"Bearer {run.API_KEY}"}
+                    )
+                )
         log = (tmp / "gateway.log").read_text(errors="replace")
         facts["gateway log"] = f"{log.count('unhandled_error')} unhandled_error lines"
         facts["loadavg at end"] = str(Path("/proc/loadavg").read_text().split(" ")[0:3])
         facts["wall time"] = f"{time.monotonic() - started:.0f} s"
-        text = report(results, facts)
+        text = report(results, probes, facts)
     finally:
         procs.stop_all()
         if os.environ.get("BENCH_KEEP") == "1":
