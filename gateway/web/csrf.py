@@ -1,8 +1,12 @@
 """CSRF protection for every form and state-changing endpoint of the gateway.
 
-Signed double submit: a random cookie (HttpOnly, SameSite=Strict) and, in each form, an HMAC of
-it keyed with a sub-key of the secret key. It needs no session, so the login form is covered too.
-A POST whose token does not match, or whose Origin header names another site, is refused.
+Signed double submit: a random cookie (HttpOnly, SameSite=Strict; `__Host-` over TLS, so no
+sibling subdomain can plant one) and, in each form, an HMAC of it keyed with a sub-key of the
+secret key: the token is bound to the browser's own pre-session cookie. It needs no session, so
+the login form is covered too. A POST whose token does not match is refused, and so is one whose
+Origin is not exactly ours: same scheme, host and port (`null`, sent by sandboxed frames, data:
+URLs and some redirects, is refused; so is ftp:// or any other scheme). A POST without Origin
+(older browsers, automation) relies on the token alone.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Final
 from aiohttp import web
 
 from gateway.context import context_of
+from gateway.web.cookies import cookie_name, read_cookie
+from gateway.web.hosts import BadHost, Host, canonical_host
 from gateway.web.origin import public_host
 
 COOKIE: Final = "gateway_csrf"
@@ -32,7 +38,7 @@ class Csrf:
 
     def token(self, request: web.Request) -> str:
         """The token for forms on this response; sets the cookie when the client has none."""
-        value = request.cookies.get(COOKIE) or request.get(_PENDING)
+        value = read_cookie(request, COOKIE, context_of(request).secure) or request.get(_PENDING)
         if not value or len(value) > 64:
             value = secrets.token_urlsafe(24)
             request[_PENDING] = value
@@ -45,25 +51,45 @@ class Csrf:
         """Set the cookie a token was issued for (call before the response is sent)."""
         pending = request.get(_PENDING)
         if pending:
+            secure = context_of(request).secure
             response.set_cookie(
-                COOKIE,
+                cookie_name(COOKIE, secure),
                 pending,
                 path="/",
                 httponly=True,
                 samesite="Strict",
-                secure=context_of(request).secure,
+                secure=secure,
             )
 
     def valid(self, request: web.Request, submitted: str | None) -> bool:
+        secure = context_of(request).secure
         origin = request.headers.get("Origin")
         # The Origin names the site the form was on: ours, as the browser addressed it.
-        if (
-            origin
-            and origin != "null"
-            and origin.split("://", 1)[-1].rstrip("/") != public_host(request)
-        ):
+        if origin is not None and not same_origin(origin, secure, public_host(request)):
             return False
-        cookie = request.cookies.get(COOKIE)
+        cookie = read_cookie(request, COOKIE, secure)
         if not cookie or not submitted:
             return False
         return hmac.compare_digest(self._sign(cookie), submitted)
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def same_origin(origin: str, secure: bool, host: str) -> bool:
+    """`origin` (scheme://host[:port], RFC 6454) is exactly the gateway's: the scheme the client
+    uses, the host it addressed and the same port (default ports spelled or not)."""
+    scheme, sep, authority = origin.strip().partition("://")
+    if not sep or scheme.lower() != ("https" if secure else "http"):
+        return False  # "null", "ftp://...", http:// for an https page
+    try:
+        theirs, ours = canonical_host(authority), canonical_host(host)
+    except BadHost:
+        return False
+    default = _DEFAULT_PORTS[scheme.lower()]
+    return theirs.name == ours.name and _port(theirs, default) == _port(ours, default)
+
+
+def _port(host: Host, default: int) -> int:
+    _, sep, port = host.header.rpartition(":")
+    return int(port) if sep and host.header != host.name else default

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Final
+from urllib.parse import unquote
 
 from gateway.web.csrf import COOKIE as CSRF_COOKIE
 
@@ -119,8 +120,16 @@ def own_cookie_names(session_cookie: str | None) -> tuple[str, ...]:
     return (session_cookie, CSRF_COOKIE) if session_cookie else (CSRF_COOKIE,)
 
 
+def _fold_cookie_name(text: str) -> str:
+    """A cookie name (or a whole Cookie header) as the most lenient backend reads it: PHP
+    percent-decodes names and turns " ", "." and "[" into "_"; others ignore case."""
+    if "%" in text:
+        text = unquote(text)
+    return text.lower().replace(" ", "_").replace(".", "_").replace("[", "_")
+
+
 def _is_own_cookie(name: str, own: tuple[str, ...]) -> bool:
-    name = name.strip().lower()
+    name = _fold_cookie_name(name.strip())
     for prefix in _COOKIE_PREFIXES:
         if name.startswith(prefix):
             name = name[len(prefix) :]
@@ -130,8 +139,8 @@ def _is_own_cookie(name: str, own: tuple[str, ...]) -> bool:
 
 def without_cookies(header: str, own: tuple[str, ...]) -> str:
     """The Cookie header minus the gateway's own cookies."""
-    lowered = header.lower()
-    if not any(o.lower() in lowered for o in own):
+    folded = _fold_cookie_name(header)
+    if not any(o.lower() in folded for o in own):
         return header  # fast path: none of ours in it
     return "; ".join(
         part

@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.context import RequestContext
 from gateway.policy import decide
 from gateway.web.errors import error_response
+from gateway.web.form_expired import form_expired
 from gateway.web.html import COPY_SCRIPT_HASH
 from gateway.web.origin import from_trusted_proxy
 from gateway.web.sessions import note_signed_in
@@ -103,14 +104,9 @@ class Pages:
             csrf = request.app[SERVICES].csrf
             if not isinstance(submitted, str) or not csrf.valid(request, submitted):
                 await note_signed_in(request, ctx)
-                settle(ctx, decide.deny(decide.FORBIDDEN, "missing or invalid CSRF token"))
-                return error_response(
-                    request,
-                    decide.FORBIDDEN,
-                    surface=ctx.surface,
-                    request_id=ctx.request_id,
-                    detail=CSRF_REFUSED,
-                )
+                expired = form_expired(request, ctx, name, form, csrf.field(request), CSRF_REFUSED)
+                _harden(request, expired)
+                return expired
         ctx.decision = ctx.decision or decide.allow(f"gateway page {name or '/'}")
         if page.access != "dashboard":
             return await page.handler(request)

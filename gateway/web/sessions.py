@@ -26,6 +26,7 @@ from gateway.context import RequestContext, context_of
 from gateway.policy.snapshot import User
 from gateway.services.session_store import SessionStore
 from gateway.services.store import SessionRecord
+from gateway.web.cookies import cookie_name, read_cookie
 
 RECORD_KEY: Final = web.RequestKey("gateway.session_record", SessionRecord)
 TOUCH_EVERY: Final = 60.0
@@ -45,8 +46,8 @@ class StoreSessionStorage(AbstractStorage):
         return self._store_of()
 
     def load_cookie(self, request: web.Request) -> str | None:
-        name = context_of(request).snapshot.config.sessions.cookie_name
-        return request.cookies.get(name)
+        ctx = context_of(request)
+        return read_cookie(request, ctx.snapshot.config.sessions.cookie_name, ctx.secure)
 
     async def load_session(self, request: web.Request) -> Session:
         sid = self.load_cookie(request)
@@ -69,7 +70,9 @@ class StoreSessionStorage(AbstractStorage):
         if session.empty:
             if session.identity:
                 await self._store.delete(session_hash(session.identity))
-            response.del_cookie(settings.cookie_name, path="/")
+            response.del_cookie(
+                cookie_name(settings.cookie_name, ctx.secure), path="/", secure=ctx.secure
+            )
             return
         now = time.time()
         if session.identity is None:
@@ -91,10 +94,12 @@ class StoreSessionStorage(AbstractStorage):
             idle_timeout=settings.idle_timeout,
         ):
             # Revoked or signed out while this request ran: it stays revoked.
-            response.del_cookie(settings.cookie_name, path="/")
+            response.del_cookie(
+                cookie_name(settings.cookie_name, ctx.secure), path="/", secure=ctx.secure
+            )
             return
         response.set_cookie(
-            settings.cookie_name,
+            cookie_name(settings.cookie_name, ctx.secure),
             session.identity,
             path="/",
             httponly=True,
@@ -179,8 +184,8 @@ async def note_signed_in(request: web.Request, ctx: RequestContext) -> None:
 
     Only requests that carry the session cookie pay for the store lookup.
     """
-    cookie = ctx.snapshot.config.sessions.cookie_name
-    if ctx.principal is not None or not request.cookies.get(cookie):
+    cookie = read_cookie(request, ctx.snapshot.config.sessions.cookie_name, ctx.secure)
+    if ctx.principal is not None or not cookie:
         return
     login = await current_login(request, ctx)
     if login is not None:

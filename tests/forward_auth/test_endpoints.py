@@ -54,6 +54,11 @@ def traefik(
     }
 
 
+# https at the client (X-Forwarded-Proto from the trusted proxy): the __Host- names
+CSRF = "__Host-gateway_csrf"
+SESSION = "__Host-gateway_session"
+
+
 async def session_cookie(gw: RunningGateway, user: str = "alice", then: str = "/") -> str:
     """Sign in as the proxy would route it: from the trusted peer, for the client 203.0.113.7."""
     via = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
@@ -66,12 +71,12 @@ async def session_cookie(gw: RunningGateway, user: str = "alice", then: str = "/
             f"{gw.url}{PREFIX}/login",
             data={**data, "csrf_token": Form(page.text).csrf},
             # The cookie is Secure (https at the client): the jar keeps it from plain http.
-            headers={**via, "Cookie": f"gateway_csrf={page.cookie_value('gateway_csrf')}"},
+            headers={**via, "Cookie": f"{CSRF}={page.cookie_value(CSRF)}"},
         )
     assert reply.status == 302, reply.text[:300]
     assert reply.location == then
-    assert "Secure" in (reply.set_cookie("gateway_session") or "")
-    return f"gateway_session={reply.cookie_value('gateway_session')}"
+    assert "Secure" in (reply.set_cookie(SESSION) or "")
+    return f"{SESSION}={reply.cookie_value(SESSION)}"
 
 
 async def ask(gw: RunningGateway, headers: dict[str, str], path: str = FORWARD_AUTH) -> Reply:
@@ -302,11 +307,13 @@ async def test_metrics_are_labelled_by_mode(gw: RunningGateway):
 async def test_csrf_origin_is_the_proxys_when_it_rewrites_host(gw: RunningGateway):
     """A proxy that sends its own Host says the browser's in X-Forwarded-Host."""
     async with client() as http:
-        page = await fetch(http, "GET", f"{gw.url}{PREFIX}/login")
+        page = await fetch(
+            http, "GET", f"{gw.url}{PREFIX}/login", headers={"X-Forwarded-Proto": "https"}
+        )
         public = {
             "X-Forwarded-Host": "dash.example.com",
             "X-Forwarded-Proto": "https",
-            "Cookie": f"gateway_csrf={page.cookie_value('gateway_csrf')}",
+            "Cookie": f"{CSRF}={page.cookie_value(CSRF)}",
         }
         form = {
             "username": "alice",

@@ -475,9 +475,11 @@ class TestSessionCookie:
             proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.20"}
             page = await fetch(http, "GET", f"{gw.url}{LOGIN}", headers=proxy)
             token = Form(page.text).csrf
-            assert "secure" in page.set_cookie(CSRF_COOKIE).lower()
+            # over https the names carry the __Host- prefix (no sibling subdomain can set them)
+            csrf_cookie, session_cookie = f"__Host-{CSRF_COOKIE}", f"__Host-{SESSION_COOKIE}"
+            assert "secure" in page.set_cookie(csrf_cookie).lower()
             # the client jar keeps Secure cookies off plain http: send it as the browser would
-            cookie = {"Cookie": f"{CSRF_COOKIE}={page.cookie_value(CSRF_COOKIE)}"}
+            cookie = {"Cookie": f"{csrf_cookie}={page.cookie_value(csrf_cookie)}"}
             reply = await fetch(
                 http,
                 "POST",
@@ -486,8 +488,9 @@ class TestSessionCookie:
                 data={"username": "alice", "password": PASSWORD, "next": "/", "csrf_token": token},
             )
             assert reply.status == 302
-            attrs = [a.strip().lower() for a in reply.set_cookie(SESSION_COOKIE).split(";")]
-            assert {"secure", "httponly", "samesite=lax"} <= set(attrs)
+            attrs = [a.strip().lower() for a in reply.set_cookie(session_cookie).split(";")]
+            assert {"secure", "httponly", "samesite=lax", "path=/"} <= set(attrs)
+            assert not any(a.startswith("domain") for a in attrs)
 
     async def test_https_claim_from_untrusted_peer_ignored(self, gw):
         async with client() as http:
