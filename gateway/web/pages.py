@@ -60,7 +60,7 @@ class Pages:
         return page
 
     async def dispatch(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-        from gateway.web.gate import check_surface, deny, settle
+        from gateway.web.gate import check_surface, deny
         from gateway.web.resources import SERVICES
 
         snapshot = ctx.snapshot
