@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext, context_of
 from gateway.policy import decide
@@ -99,7 +99,8 @@ def from_original_url(headers: CIMultiDictProxy[str]) -> Described:
         raise NotDescribed("X-Original-URL: not an absolute http(s) URL")
     cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     host = _host(rest[:cut], "X-Original-URL")
-    return Described(method, host, _target(rest[cut:] or "/", "X-Original-URL"), headers)
+    target = _target(rest[cut:] or "/", "X-Original-URL")
+    return Described(method, host, target, _with_upgrade(headers, "X-Original-Upgrade"))
 
 
 def from_forwarded(headers: CIMultiDictProxy[str]) -> Described:
@@ -107,7 +108,20 @@ def from_forwarded(headers: CIMultiDictProxy[str]) -> Described:
     method = _method(_one(headers, "X-Forwarded-Method"), "X-Forwarded-Method")
     host = _host(_one(headers, "X-Forwarded-Host"), "X-Forwarded-Host")
     target = _target(_one(headers, "X-Forwarded-Uri"), "X-Forwarded-Uri")
-    return Described(method, host, target, headers)
+    return Described(method, host, target, _with_upgrade(headers, "X-Forwarded-Upgrade"))
+
+
+def _with_upgrade(headers: CIMultiDictProxy[str], name: str) -> CIMultiDictProxy[str]:
+    """The proxies never pass the hop-by-hop Upgrade and Connection headers on to the auth
+    request; the configurations send the client's Upgrade as `name` instead, and it is put
+    back, so a WebSocket handshake is checked (Origin) as in full-proxy mode."""
+    upgrade = headers.get(name, "").strip()
+    if not upgrade:
+        return headers
+    described = CIMultiDict(headers)
+    described["Upgrade"] = upgrade
+    described["Connection"] = "upgrade"
+    return CIMultiDictProxy(described)
 
 
 async def decide_described(

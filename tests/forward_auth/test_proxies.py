@@ -186,6 +186,22 @@ class TestSignInThroughTheProxy:
         assert not jar_cookie(http, "gateway_session")
 
 
+class TestWebSockets:
+    async def test_signed_in_websocket_through_the_proxy(self, front: Front):
+        async with client(CLIENT) as http:
+            assert (await sign_in(http, front, "bob", "/")).status == 302
+            ws_url = front.url.replace("http://", "ws://") + "/live"
+            async with http.ws_connect(ws_url, origin=front.url) as ws:
+                await ws.send_str("hi")
+                assert (await ws.receive_str()) == "echo:hi"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(ws_url, origin="http://evil.example")
+        assert refused.value.status == 403  # the same Origin check as in full-proxy mode
+        assert front.backends.console_hits == ["GET /live"]
+        (record,) = await request_records(front, 1, mode="forward-auth", decision="deny:forbidden")
+        assert record["reasons"] == ["WebSocket handshake from another origin"]
+
+
 class TestApiSurface:
     async def test_key_identity_and_the_key_is_not_forwarded(self, front: Front):
         async with client(CLIENT) as http:
