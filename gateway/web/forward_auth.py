@@ -98,7 +98,9 @@ def from_original_url(headers: CIMultiDictProxy[str]) -> Described:
     if not sep or scheme.lower() not in ("http", "https"):
         raise NotDescribed("X-Original-URL: not an absolute http(s) URL")
     cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    host = _host(rest[:cut], "X-Original-URL")
+    # An HTTP/1.0 client may send no Host: nginx then writes "http:///path", decided, as in
+    # full-proxy mode, on the routes without a host.
+    host = _host(rest[:cut], "X-Original-URL") if cut else None
     target = _target(rest[cut:] or "/", "X-Original-URL")
     return Described(method, host, target, _with_upgrade(headers, "X-Original-Upgrade"))
 

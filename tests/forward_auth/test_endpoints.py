@@ -287,6 +287,7 @@ class TestAuthRequest:
             ("http://h,i/x", 400),
             ("http://h", 401),  # "/" on the dashboard, no session
             ("http://h?q=1", 401),
+            ("http:///x", 401),  # an HTTP/1.0 client without Host, through nginx
         ],
     )
     async def test_urls(self, gw: RunningGateway, url: str, status: int):

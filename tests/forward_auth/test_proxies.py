@@ -315,6 +315,24 @@ class TestAllowlistOnTheReportedClientIp:
         assert {r["client_ip"] for r in refused} == {"127.0.0.3"}
 
 
+async def test_a_client_cannot_describe_its_own_request(front: Front):
+    """The proxy writes the description; a client's X-Original-* / X-Forwarded-* are replaced."""
+    lies = {
+        "X-Original-URL": f"http://127.0.0.1{PREFIX}/login",
+        "X-Original-Method": "GET",
+        "X-Forwarded-Uri": f"{PREFIX}/login",
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Host": "elsewhere.example",
+    }
+    async with client(CLIENT) as http:
+        page = await fetch(http, "GET", f"{front.url}/secret", headers=lies)
+        call = await fetch(http, "DELETE", f"{front.url}/secret", headers=lies)
+    assert page.status == 302
+    assert page.location == f"{PREFIX}/login?next=%2Fsecret"
+    assert call.status == 401
+    assert front.backends.hits == []
+
+
 class TestDirectCalls:
     """The authz endpoints answer trusted proxies only; the proxies never expose them."""
 
