@@ -16,6 +16,10 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v logrotate >/dev/null || need+=(logrotate)
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+# scripts/cluster.sh and tests/cluster: Redis and PostgreSQL servers and clients, runuser.
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v psql >/dev/null || need+=(postgresql-client)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
