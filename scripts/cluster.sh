@@ -12,7 +12,8 @@
 # users and policies, passwords in config/credentials.txt), state/, audit/, log/ and run/ (pid
 # files). --state/--sessions use servers you run; without them PostgreSQL on --pg-port (5432)
 # and Redis on --redis-port (6379) are used, and started here (scratch, no persistence) when
-# nothing answers there. --port 0 picks a free port for nginx.
+# nothing answers there; the database is gateway_<hash of the secret key> (created if missing,
+# never dropped). --port 0 picks a free port for nginx.
 set -Eeuo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir="$root/.cluster"
@@ -142,11 +143,15 @@ if [ -z "$state" ]; then
     as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 30 \
       -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $data" start >/dev/null
   fi
+  # One database per secret key: the signing keys and 2FA secrets in it are sealed with it, so
+  # a folder started afresh (new key) must not meet an older folder's database.
+  helper secret-key "$dir/state/gateway.key"
+  db="gateway_$(sha256sum "$dir/state/gateway.key" | cut -c1-12)"
   if ! psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc \
-      "SELECT 1 FROM pg_database WHERE datname = 'gateway_cluster'" | grep -q 1; then
-    createdb -h 127.0.0.1 -p "$pg_port" -U postgres gateway_cluster
+      "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+    createdb -h 127.0.0.1 -p "$pg_port" -U postgres "$db"
   fi
-  state="postgresql://postgres@127.0.0.1:$pg_port/gateway_cluster"
+  state="postgresql://postgres@127.0.0.1:$pg_port/$db"
 fi
 
 # -- Redis --------------------------------------------------------------------------------------
