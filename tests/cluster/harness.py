@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -47,6 +48,12 @@ class Cluster:
 
     def kill(self, i: int) -> None:
         os.kill(self.pid(i), signal.SIGKILL)
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every record of the cluster's audit file (each instance writes its own chain)."""
+        path = self.dir / "audit" / "audit.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines if line]
 
     @property
     def lb(self) -> Node:

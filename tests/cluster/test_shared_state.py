@@ -99,7 +99,7 @@ class TestSessions:
         await asyncio.sleep(1.2)  # the audit buffer is written every 100 ms
         chains = {
             r["chain"]
-            for r in _audit(three)
+            for r in three.audit()
             if r["event"] == "request" and r.get("principal") == "anna"
         }
         assert len(chains) == 3  # every instance served some
@@ -177,11 +177,6 @@ class TestAudit:
             for node in three.nodes:
                 await fetch(http, "GET", f"{node.url}{PREFIX}/healthz")
         await asyncio.sleep(1.2)  # heads reach the state store every second
-        assert len({r["chain"] for r in _audit(three)}) >= 3
+        assert len({r["chain"] for r in three.audit()}) >= 3
         out = await audit_verify(three.files)
         assert out.returncode == 0, out.stdout + out.stderr
-
-
-def _audit(three: Cluster) -> list[dict[str, Any]]:
-    path = three.dir / "audit" / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
