@@ -115,6 +115,15 @@ class TestSignInHistory:
         assert [v.record for v in views] == [failed, ok]
         assert [v.counts for v in views] == [False, True]
 
+    async def test_user_agents_are_cut_and_cannot_drive_a_terminal(self, harness: Harness) -> None:
+        alice = harness.snapshot.users["alice"]  # type: ignore[attr-defined]
+        agent = "\x1b[2J\x1b]0;pwned\x07Mozilla" + "x" * 500
+        record = await harness.ops.record_sign_in(alice, "success", GB, agent)
+        assert record is not None
+        assert record.user_agent.startswith("\ufffd[2J\ufffd]0;pwned\ufffdMozilla")
+        assert len(record.user_agent) == 256
+        assert (await harness.ops.sign_ins("alice"))[0].record.user_agent == record.user_agent
+
     async def test_failures_never_open_incidents(self, harness: Harness) -> None:
         await harness.sign_in("alice", GB)
         await harness.sign_in("alice", SE, "failure")

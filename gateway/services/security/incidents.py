@@ -24,7 +24,7 @@ from gateway.policy.snapshot import User
 from gateway.services.store import IncidentRecord, IncidentUpdate, SignInRecord, StateStore
 
 from . import trusted
-from .models import Actor
+from .models import Actor, AuditSink
 
 log = structlog.get_logger("gateway.security")
 
@@ -44,7 +44,7 @@ class IncidentDetector:
     def __init__(
         self,
         store: StateStore,
-        audit,  # type: ignore[no-untyped-def]
+        audit: AuditSink,
         changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store

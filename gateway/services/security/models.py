@@ -3,14 +3,28 @@ message to show, and read-only views that combine store records with the policy.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from gateway.services.store import IncidentRecord, SignInRecord
 
 INCIDENT_STATES = ("open", "acknowledged", "resolved")
 SIGN_IN_RESULTS = ("success", "failure", "banned")
 MAX_NOTE = 2000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with control characters replaced: what a client sent
+    (a User-Agent) is shown in terminals and pages, where escape sequences must not act."""
+    return _CONTROL.sub("\ufffd", text[:limit])
+
+
+class AuditSink(Protocol):
+    """What the service needs of the audit trail (services/audit.py AuditLog)."""
+
+    def record(self, event: str, /, *, flush: bool = False, **fields: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

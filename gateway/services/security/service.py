@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,14 +23,19 @@ from .models import (
     MAX_NOTE,
     SIGN_IN_RESULTS,
     Actor,
+    AuditSink,
     IncidentDetail,
     IncidentStateError,
     NotFound,
     SignInView,
     TrustedIp,
     UserActivity,
+    printable,
 )
 from .requests import HOUR, RequestCounter
+
+if TYPE_CHECKING:
+    from gateway.services.metrics import Metrics
 
 log = structlog.get_logger("gateway.security")
 
@@ -48,11 +54,11 @@ class SecurityOps:
     def __init__(
         self,
         store: StateStore,
-        audit,  # type: ignore[no-untyped-def]  # AuditLog: record(event, flush=..., **fields)
+        audit: AuditSink,
         snapshot: Callable[[], Snapshot],
         *,
         geoip: GeoIp | None = None,
-        metrics=None,  # type: ignore[no-untyped-def]
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -132,7 +138,7 @@ class SecurityOps:
                 client_ip,
                 verdict.country,
                 verdict.source,
-                user_agent[:MAX_USER_AGENT],
+                printable(user_agent, MAX_USER_AGENT),
                 self._clock(),
             )
             if self._metrics is not None:
@@ -183,7 +189,7 @@ class SecurityOps:
     async def resolve(self, id: int, note: str, actor: Actor) -> IncidentRecord:
         """open or acknowledged -> resolved with a note, audited `incident.resolved`; raises
         NotFound, or IncidentStateError (no note, already resolved)."""
-        note = " ".join(str(note or "").split())
+        note = printable(" ".join(str(note or "").split()), MAX_NOTE + 1)
         if not note:
             raise IncidentStateError("a note is required: say why this is resolved", "note")
         if len(note) > MAX_NOTE:
