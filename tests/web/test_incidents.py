@@ -27,11 +27,13 @@ from tests.factories import (
     GatewayFiles,
     RunningGateway,
     client,
+    free_port,
     gateway_files,
     gateway_process,
     running_gateway,
     write_country_mmdb,
 )
+from tests.mail import MailSink, wait_for
 from tests.services.conftest import POSTGRES_URL
 from tests.web.test_signin import Form, fetch, quick_hash
 
@@ -51,6 +53,7 @@ def people() -> dict[str, Any]:
         return {"email": email, "password_hash": quick_hash(), "grants": {"console": "viewer"}}
 
     return {
+        "root": {**person("root@example.net"), "admin": True},
         "bob": person("bob@example.com"),
         "carol": person("carol@example.org"),
         "dave": person("dave@example.com"),
@@ -142,6 +145,24 @@ class TestIncidentJourney:
         # Only sign-ins after the resolution count: GB and JP, not the NO judged before.
         assert (new.state, new.countries, old.id) == ("open", ("GB", "JP"), incident.id)
         assert len(audit_events(gw.files, "incident.opened")) == 2
+
+    async def test_mail_to_the_admins_and_to_the_user(self, tmp_path: Path) -> None:
+        """The incident goes to the admins; the sign-in from a country new for bob, to bob."""
+        sink = MailSink(free_port()).start()
+        try:
+            files = incident_files(tmp_path)
+            files.config["smtp"] = {"host": "127.0.0.1", "port": sink.port, "from": "gw@test"}
+            files.write()
+            async with running_gateway(files) as gw:
+                await sign_in_from(gw.url, "bob", GB)
+                await sign_in_from(gw.url, "bob", NO)
+                await wait_for(lambda: len(sink.received) >= 2)
+        finally:
+            sink.stop()
+        mails = sorted((m.rcpt_tos, m.subject) for m in sink.received)
+        assert [to for to, _ in mails] == [("bob@example.com",), ("root@example.net",)]
+        assert mails[0][1].endswith("New sign-in to your account from NO")
+        assert "bob" in mails[1][1]
 
     async def test_requests_are_counted_per_user(self, gw: RunningGateway) -> None:
         headers = {"X-Forwarded-For": GB}

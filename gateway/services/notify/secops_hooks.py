@@ -7,6 +7,7 @@ user), the country of a failed sign-in, and the lockout guard system message.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from gateway.policy import decide
@@ -30,6 +31,7 @@ def attach(services: Services) -> None:
     if security is None or services.notifier is None:
         return
     security.on_incident_opened.append(_incident_hook(services))
+    security.on_sign_in.append(functools.partial(after_sign_in, services))
     if services.system_messages is not None:
         services.system_messages.extra_checks.append(lockout_guard)
 

@@ -50,7 +50,9 @@ the admin as principal); the console adds its own `admin.*` record. All errors d
 
 Notifications: `security.on_incident_opened.append(async fn(incident, sign_ins))` is called
 once per newly opened incident, after its `incident.opened` audit record (see
-`IncidentDetector.open_or_extend_incident`, the one place where incidents are opened).
+`IncidentDetector.open_or_extend_incident`, the one place where incidents are opened);
+`security.on_sign_in.append(async fn(record))` with every recorded sign-in. A failing hook is
+logged and never fails the sign-in.
 """
 
 from __future__ import annotations

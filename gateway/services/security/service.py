@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -69,6 +69,9 @@ class SecurityOps:
         self.geoip = geoip if geoip is not None else GeoIp(None)
         self.requests = RequestCounter(store, clock)
         self._detector = IncidentDetector(store, audit, self.refresh_metrics)
+        # Called with every recorded sign-in, after incident detection (the notifications
+        # module mails a user who signed in from a country new for them).
+        self.on_sign_in: list[Callable[[SignInRecord], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle (the app's cleanup_ctx) ------------------------------------------------------
@@ -145,10 +148,15 @@ class SecurityOps:
                 self._metrics.sign_ins.labels(result, verdict.country or "none").inc()
             if result == "success":
                 await self._detector.judge(self._snapshot(), user, record, request_id=request_id)
-            return record
         except Exception:
             log.exception("sign_in_record_failed", user=user.name, result=result)
             return None
+        for hook in list(self.on_sign_in):
+            try:
+                await hook(record)
+            except Exception:
+                log.exception("sign_in_hook_failed", hook=getattr(hook, "__qualname__", ""))
+        return record
 
     def count_request(self, user: str) -> None:
         """One proxied request of a signed-in user (the request path: a dict increment)."""
