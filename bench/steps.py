@@ -185,6 +185,16 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
             20000,
         ),
     ]
+    from gateway.services.security.requests import RequestCounter
+
+    counter = RequestCounter(store=None)  # type: ignore[arg-type]  # never flushed here
+    steps.append(
+        (
+            "  dashboard only: RequestCounter.add (requests per user and hour)",
+            lambda: counter.add("alice"),
+            20000,
+        )
+    )
     metrics = Metrics()
     steps.append(
         (
@@ -231,7 +241,13 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
 
 def total(costs: dict[str, float | str]) -> float:
     """Sum of the top-level per-request steps (not the 'of which' lines, not start-up)."""
-    skip = ("(start-up)", "  of which", "observe: uuid4", "observe: resolve_client")
+    skip = (
+        "(start-up)",
+        "  of which",
+        "  dashboard only",
+        "observe: uuid4",
+        "observe: resolve_client",
+    )
     return sum(v for k, v in costs.items() if isinstance(v, float) and not k.startswith(skip))
 
 
