@@ -380,3 +380,53 @@ class TestRetention:
         report = await run_retention(snapshot, store, harness.audit, now=harness.clock.now)
         assert report.incidents == 1
         assert await harness.ops.list_incidents() == []
+
+
+class TestRequestCounter:
+    """The request path only touches a dict; counts land in their own hour, failures retry."""
+
+    async def test_counts_are_filed_under_the_hour_they_happened_in(
+        self, store: StateStore
+    ) -> None:
+        import asyncio
+        import time
+
+        from gateway.services.security.requests import HOUR, RequestCounter
+
+        hour = int(T0) // HOUR
+        start, base = time.monotonic(), hour * HOUR + HOUR - 0.15  # 150 ms before the hour
+
+        def clock() -> float:
+            return base + time.monotonic() - start
+
+        counter = RequestCounter(store, clock)
+        runner = asyncio.create_task(counter.run(interval=60))
+        try:
+            counter.add("alice")
+            counter.add("alice")
+            while clock() < base + 0.4:  # run() wakes at the boundary and files these
+                await asyncio.sleep(0.02)
+            counter.add("alice")
+            assert counter.pending("alice", hour) == 1
+        finally:
+            runner.cancel()
+        await counter.flush()
+        assert await store.request_count("alice", hour) == 3
+        assert await store.request_count("alice", hour + 1) == 1
+        assert counter.pending("alice", hour) == 0
+
+    async def test_a_failed_write_keeps_the_counts(self, store_backend) -> None:  # type: ignore[no-untyped-def]
+        from gateway.services.security.requests import RequestCounter
+        from gateway.services.store import StoreError
+
+        store = await store_backend.open()
+        counter = RequestCounter(store, lambda: T0)
+        counter.add("bob")
+        await store.close()
+        with pytest.raises(StoreError):
+            await counter.flush()
+        assert counter.pending("bob", int(T0) // 3600) == 1
+        again = await store_backend.open()
+        counter._store = again
+        await counter.flush()
+        assert await again.request_count("bob", 0) == 1
