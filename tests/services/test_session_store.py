@@ -255,3 +255,46 @@ class TestRedis:
             assert time.monotonic() - started < 3  # fails fast: the request path waits on it
         finally:
             await store.close()
+
+
+class TestRedisTls:
+    """rediss:// with the server's certificate checked and the password read from a file."""
+
+    async def test_tls_and_password_file(self, tmp_path: Path) -> None:
+        from tests.mail import self_signed
+        from tests.redis_server import RedisServer
+
+        cert, key = self_signed(tmp_path / "tls")
+        (tmp_path / "redis.pw").write_text("s3cret-redis-password\n")
+        server = RedisServer(tmp_path / "redis")
+        server.extra = (
+            *("--port", "0", "--tls-port", str(server.port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+            *("--tls-ca-cert-file", str(cert), "--requirepass", "s3cret-redis-password"),
+        )
+        server.start()
+        try:
+            await server.wait_ready()
+            url = f"rediss://127.0.0.1:{server.port}/0"
+            good = RedisSessionStore.open(
+                url, prefix="t:", password_file=tmp_path / "redis.pw", ca_file=cert
+            )
+            no_ca = RedisSessionStore.open(url, prefix="t:", password_file=tmp_path / "redis.pw")
+            (tmp_path / "wrong.pw").write_text("wrong")
+            wrong = RedisSessionStore.open(
+                url, prefix="t:", password_file=tmp_path / "wrong.pw", ca_file=cert
+            )
+            plain = RedisSessionStore.open(f"redis://127.0.0.1:{server.port}/0", prefix="t:")
+            try:
+                now = time.time()
+                await make(good, "s1", now=now)
+                assert (await good.get("s1", now, IDLE)).user == "alice"  # type: ignore[union-attr]
+                for refused in (no_ca, wrong, plain):  # unknown CA, bad password, no TLS
+                    with pytest.raises(StoreUnavailable) as caught:
+                        await refused.get("s1", now, IDLE)
+                    assert "s3cret" not in str(caught.value)
+            finally:
+                for store in (good, no_ca, wrong, plain):
+                    await store.close()
+        finally:
+            server.stop()
