@@ -24,7 +24,7 @@ import functools
 import ipaddress
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -33,6 +33,7 @@ from gateway.policy.schema import LoginRegulation
 from gateway.services.store import AttemptLimit, AttemptReservation, StateStore
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # argon2id here uses 64 MiB and several lanes per hash: more threads than cores only queue.
 HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -145,6 +146,25 @@ class SignInGuard:
         if not reservation.granted:
             raise Refused(reservation.banned_until)
         yield Attempt(store, rules, limits, reservation, now)
+
+    async def check(
+        self,
+        store: StateStore,
+        rules: LoginRegulation,
+        username: str,
+        client_ip: str | None,
+        now: float,
+        verify: Callable[[], Awaitable[R]],
+        ok: Callable[[R], bool] = bool,
+    ) -> tuple[Attempt, R]:
+        """One whole attempt: reserve (raises `Refused`), run `verify`, settle by `ok(result)`."""
+        async with self.attempt(store, rules, username, client_ip, now) as attempt:
+            result = await verify()
+            if ok(result):
+                await attempt.succeeded()
+            else:
+                await attempt.failed()
+        return attempt, result
 
     async def hash_work(self, client_ip: str | None, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(*args)` on the hashing pool; one job per client address at a time."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from html import escape
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp_session import Session, get_session
@@ -38,6 +39,8 @@ from gateway.web.sessions import (
     password_version,
     session_hash,
 )
+
+T = TypeVar("T")
 
 SEALER_PURPOSE = "totp-secrets"
 PENDING_SECRET = "pending_totp"  # noqa: S105 - a session key name, not a secret
@@ -109,6 +112,49 @@ async def _session_user(request: web.Request, stages: set[str]) -> tuple[Session
 def _hashing(request: web.Request, ctx: RequestContext) -> accounts.HashRunner:
     """Hashing for this request, on the guard's pool, queued behind its own client address."""
     return functools.partial(_services(request).signin.hash_work, ctx.client_ip)
+
+
+async def _regulated(
+    request: web.Request,
+    ctx: RequestContext,
+    name: str,
+    verify: Callable[[], Awaitable[T]],
+    ok: Callable[[T], bool] = bool,
+) -> tuple[regulation.Attempt, T]:
+    """Check a secret as one regulated attempt (raises `regulation.Refused`)."""
+    services = _services(request)
+    rules = ctx.snapshot.policy.login_regulation
+    return await services.signin.check(
+        services.store, rules, name, ctx.client_ip, time.time(), verify, ok
+    )
+
+
+def _audit_failure(
+    request: web.Request,
+    event: str,
+    principal: str | None,
+    attempt: regulation.Attempt,
+    **fields: object,
+) -> None:
+    """The failure, and the ban it caused if it did (`page`, if given, goes to both)."""
+    audit(
+        request,
+        event,
+        principal=principal,
+        decision="deny:unauthenticated",
+        remaining=attempt.remaining,
+        **fields,
+    )
+    if attempt.banned:
+        where = {"page": fields["page"]} if "page" in fields else {}
+        audit(
+            request,
+            "login.banned",
+            principal=principal,
+            decision="deny:too_many_attempts",
+            subjects=attempt.banned,
+            **where,
+        )
 
 
 def _minutes(seconds: float) -> str:
@@ -237,17 +283,14 @@ async def login(request: web.Request) -> web.StreamResponse:
         )
 
     try:
-        async with services.signin.attempt(
-            services.store, rules, username, ctx.client_ip, now
-        ) as attempt:
-            # Unknown names cost a (dummy) hash too: the answer's timing does not tell.
-            ok = await accounts.check_password(
-                services.store, user, password, _hashing(request, ctx)
-            )
-            if ok and user is not None:
-                await attempt.succeeded()
-            else:
-                banned = await attempt.failed()
+        # Unknown names cost a (dummy) hash too: the answer's timing does not tell.
+        attempt, ok = await _regulated(
+            request,
+            ctx,
+            username,
+            lambda: accounts.check_password(services.store, user, password, _hashing(request, ctx)),
+            lambda ok: ok and user is not None,
+        )
     except regulation.Refused as refused:
         # Known and unknown names answer alike: a ban must not tell whether the user exists.
         services.metrics.logins.labels("banned").inc()
@@ -262,14 +305,13 @@ async def login(request: web.Request) -> web.StreamResponse:
 
     if not ok or user is None:
         services.metrics.logins.labels("failure").inc()
-        audit(
+        _audit_failure(
             request,
             "login.failure",
-            principal=user.name if user else None,
-            decision="deny:unauthenticated",
+            user.name if user else None,
+            attempt,
             reason="wrong username or password",
             known_user=user is not None,
-            remaining=attempt.remaining,
         )
         if user is not None:
             await notice(
@@ -279,14 +321,6 @@ async def login(request: web.Request) -> web.StreamResponse:
                 ctx.client_ip,
                 _country(request),
                 "wrong password",
-            )
-        if banned:
-            audit(
-                request,
-                "login.banned",
-                principal=user.name if user else None,
-                decision="deny:too_many_attempts",
-                subjects=banned,
             )
         return again(_failure_message("Wrong username or password.", attempt, rules), 401)
 
@@ -365,16 +399,15 @@ async def verify(request: web.Request) -> web.StreamResponse:
     now = time.time()
     rules = ctx.snapshot.policy.login_regulation
     try:
-        async with services.signin.attempt(
-            services.store, rules, user.name, ctx.client_ip, now
-        ) as attempt:
-            result = await accounts.verify_second_factor(
+        attempt, result = await _regulated(
+            request,
+            ctx,
+            user.name,
+            lambda: accounts.verify_second_factor(
                 services.store, _sealer(request), user.name, code, now, _hashing(request, ctx)
-            )
-            if result.ok:
-                await attempt.succeeded()
-            else:
-                await attempt.failed()
+            ),
+            lambda result: result.ok,
+        )
     except regulation.Refused:
         services.metrics.logins.labels("banned").inc()
         await _record_sign_in(request, user, "banned")
@@ -581,19 +614,14 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     current = str(form.get("current_password", ""))
     new = str(form.get("new_password", ""))
     confirm = str(form.get("new_password_confirm", ""))
-    now = time.time()
     rules = ctx.snapshot.policy.login_regulation
     try:
-        async with services.signin.attempt(
-            services.store, rules, user.name, ctx.client_ip, now
-        ) as attempt:
-            ok = await accounts.check_password(
-                services.store, user, current, _hashing(request, ctx)
-            )
-            if ok:
-                await attempt.succeeded()
-            else:
-                await attempt.failed()
+        attempt, ok = await _regulated(
+            request,
+            ctx,
+            user.name,
+            lambda: accounts.check_password(services.store, user, current, _hashing(request, ctx)),
+        )
     except regulation.Refused:
         audit(
             request,
@@ -604,22 +632,14 @@ async def change_password(request: web.Request) -> web.StreamResponse:
         )
         return render(["Too many failed attempts. Try again later."], status=429)
     if not ok:
-        audit(
+        _audit_failure(
             request,
             "login.failure",
-            principal=user.name,
-            decision="deny:unauthenticated",
+            user.name,
+            attempt,
             reason="wrong current password on the password page",
-            remaining=attempt.remaining,
+            page="password",
         )
-        if attempt.banned:
-            audit(
-                request,
-                "login.banned",
-                principal=user.name,
-                decision="deny:too_many_attempts",
-                page="password",
-            )
         message = _failure_message("Your current password is not correct.", attempt, rules)
         return render([message], status=400)
     if new != confirm:
@@ -697,16 +717,15 @@ async def _check_current_code(
     rules = ctx.snapshot.policy.login_regulation
     now = time.time()
     try:
-        async with services.signin.attempt(
-            services.store, rules, user.name, ctx.client_ip, now
-        ) as attempt:
-            result = await accounts.verify_second_factor(
+        attempt, result = await _regulated(
+            request,
+            ctx,
+            user.name,
+            lambda: accounts.verify_second_factor(
                 services.store, _sealer(request), user.name, code, now, _hashing(request, ctx)
-            )
-            if result.ok:
-                await attempt.succeeded()
-                return None
-            await attempt.failed()
+            ),
+            lambda result: result.ok,
+        )
     except regulation.Refused:
         audit(
             request,
@@ -716,22 +735,9 @@ async def _check_current_code(
             page="account",
         )
         return "Too many failed attempts. Try again later."
-    audit(
-        request,
-        "totp.failure",
-        principal=user.name,
-        decision="deny:unauthenticated",
-        page="account",
-        remaining=attempt.remaining,
-    )
-    if attempt.banned:
-        audit(
-            request,
-            "login.banned",
-            principal=user.name,
-            decision="deny:too_many_attempts",
-            page="account",
-        )
+    if result.ok:
+        return None
+    _audit_failure(request, "totp.failure", user.name, attempt, page="account")
     return _failure_message(
         "That code is not valid. Enter a current code from your app.", attempt, rules
     )
