@@ -120,3 +120,20 @@ class TestUserPage:
         reply = await fetch(http, "GET", f"{gw.url}{ADMIN}users")
         assert reply.status == 200
         assert f"{ADMIN}users/bob" in Form(reply.text).links
+
+
+class TestHome:
+    """admin/: the policy's last rejection stays visible after it was fixed."""
+
+    async def test_policy_rejection_then_fixed(self, gw, http):
+        await signed_in_admin(http, gw)
+        good = gw.files.policies["security"]
+        gw.files.write_policy("security", "two_factor: {enforce: sometimes}\n")
+        await gw.holder.reload()
+        home = await fetch(http, "GET", f"{gw.url}{ADMIN}")
+        assert "is rejected now: the last good policy stays in force" in home.text
+        assert "two_factor.enforce" in home.text
+        gw.files.write_policy("security", good)
+        await gw.holder.reload()
+        home = await fetch(http, "GET", f"{gw.url}{ADMIN}")
+        assert "was rejected, and fixed since" in home.text

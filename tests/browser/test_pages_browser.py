@@ -74,6 +74,14 @@ async def test_sign_in_pages_errors_and_console_doors(tmp_path, browser: Browser
         await check_page(page, artifacts, "admin-home")
         await page.goto(f"{base}{PREFIX}/account")
         await check_page(page, artifacts, "page-account")
+        await page.get_by_role("link", name="Change your password").click()
+        await check_page(page, artifacts, "page-password")
+        await page.get_by_role("link", name="Back to your account").click()
+        await expect(page).to_have_url(f"{base}{PREFIX}/account")
+        await page.goto(f"{base}{PREFIX}/logout")
+        await check_page(page, artifacts, "page-logout")
+        await page.goto(f"{base}{ADMIN}users")
+        await check_page(page, artifacts, "admin-users")
 
         # A 404 says who is signed in and offers a way back.
         await page.goto(f"{base}{PREFIX}/no-such-page")
