@@ -441,3 +441,86 @@ class TestUserReminders:
         assert week.subject == "[gateway] Your gateway password expires in 5 days"
         assert day.subject == "[gateway] Your gateway password expires in 1 day"
         assert "https://dash.example.com/_gateway/password" in day.part("plain")
+
+
+class TestSecurityOperations:
+    """Incidents (admins and legal contacts), a new country (the user), the country of a failed
+    sign-in and the lockout guard: sign-ins through a trusted proxy, a real GeoIP file."""
+
+    COUNTRIES = {"81.2.69.0/24": "GB", "1.0.16.0/20": "JP", "89.160.20.0/24": "SE"}
+    GB, JP, SE = "81.2.69.142", "1.0.16.9", "89.160.20.112"
+
+    @contextlib.asynccontextmanager
+    async def gateway(
+        self, tmp_path: Path, **security: Any
+    ) -> AsyncIterator[tuple[RunningGateway, MailSink]]:
+        from tests.factories import write_country_mmdb
+
+        write_country_mmdb(tmp_path / "country.mmdb", self.COUNTRIES)
+        with sink() as server:
+            files = notifying_files(tmp_path, server.port, **security)
+            files.config.update(
+                trusted_proxies=["127.0.0.1/32"], geoip={"database": "country.mmdb"}
+            )
+            files.write()
+            async with running_gateway(files) as gw:
+                yield gw, server
+
+    async def sign_in_from(
+        self, gw: RunningGateway, user: str, ip: str, password: str = PASSWORD
+    ) -> int:
+        async with client(headers={"X-Forwarded-For": ip}) as http:
+            return (await sign_in(http, gw, user, password)).status
+
+    async def test_incident_mails_admins_and_legal_contacts(self, tmp_path: Path) -> None:
+        async with self.gateway(tmp_path) as (gw, server):
+            assert await self.sign_in_from(gw, "bob", self.GB) == 302
+            assert await self.sign_in_from(gw, "bob", self.JP) == 302
+            mails = await quiet(gw, server, 2)  # and bob hears of the sign-in from JP
+        [incident] = [m for m in mails if "Security incident" in m.subject]
+        [to_bob] = [m for m in mails if m is not incident]
+        assert to_bob.subject == "[gateway] New sign-in to your account from JP"
+        assert incident.subject == "[gateway] Security incident: bob signed in from 2 countries"
+        assert sorted(incident.rcpt_tos) == [*ADMINS, "dpo@example.com"]
+        text = incident.part("plain")
+        assert f"from {self.GB} (GB)" in text and f"from {self.JP} (JP)" in text
+        assert "https://dash.example.com/_gateway/admin/incidents" in text
+
+    async def test_new_country_mails_the_user(self, tmp_path: Path) -> None:
+        incidents = {"incidents": {"window": "1s", "distinct_countries": 2}}
+        async with self.gateway(tmp_path, **incidents) as (gw, server):
+            assert await self.sign_in_from(gw, "bob", self.GB) == 302  # first ever: no mail
+            assert await self.sign_in_from(gw, "bob", self.GB) == 302  # seen: no mail
+            await asyncio.sleep(1.1)  # outside the incident window
+            assert await self.sign_in_from(gw, "bob", self.SE) == 302  # new: bob hears of it
+            mails = await quiet(gw, server, 1)
+        [mail] = mails
+        assert mail.rcpt_tos == ("bob@example.com",)
+        assert mail.subject == "[gateway] New sign-in to your account from SE"
+        assert f"{self.SE} (SE)" in mail.part("plain")
+
+    async def test_failed_sign_in_names_the_country(self, tmp_path: Path) -> None:
+        async with self.gateway(tmp_path) as (gw, server):
+            assert await self.sign_in_from(gw, "bob", self.GB, "wrong") == 401
+            [mail] = await quiet(gw, server, 1)
+        assert mail.subject == f"[gateway] Failed sign-in for bob from {self.GB} (GB)"
+
+    async def test_lockout_guard(self, tmp_path: Path) -> None:
+        async with self.gateway(tmp_path) as (gw, server):
+            assert await self.sign_in_from(gw, "alice", self.GB) == 302
+            generation = gw.holder.current.generation
+            gw.files.write_policy(
+                "access",
+                {
+                    "protection": {"enabled": True},
+                    "allowlists": {
+                        "dashboard": {"enabled": True, "entries": [{"ip": "127.0.0.1"}]},
+                        "api": {"enabled": False},
+                    },
+                },
+            )
+            await wait_for_generation(gw, generation, timeout=30)
+            mails = await quiet(gw, server, 2)
+        [guard] = [m for m in mails if m.subject.startswith("[gateway] System message")]
+        assert "locks out every gateway admin" in guard.subject
+        assert sorted(guard.rcpt_tos) == ADMINS
