@@ -153,3 +153,26 @@ class TestPurge:
         ]
         assert purged["login_history"]["rows"] == 3 and purged["outbox"]["rows"] == 2
         assert purged["audit_files"] is None
+
+    async def test_sign_ins_and_incidents_resolved_long_ago(
+        self, tmp_path: Path, store: StateStore
+    ) -> None:
+        policy = {"retention": {"login_history_days": 90, "incidents_days": 180}}
+        files = gateway_files(tmp_path, security=policy)
+        snapshot = load(files.config_file).snapshot
+        assert snapshot is not None
+        records = {}
+        for ago in (400, 200, 100, 10):  # aged by writing the store directly
+            records[ago] = await store.sign_in_add(
+                "bob", "success", "81.2.69.142", "GB", "test", "Firefox", TODAY - ago * DAY
+            )
+        old = await store.incident_open_or_extend("bob", TODAY - 400 * DAY, [records[400]])
+        assert old.incident is not None
+        await store.incident_resolve(old.incident.id, "alice", TODAY - 200 * DAY, "ok")
+        recent = await store.incident_open_or_extend("bob", TODAY - 10 * DAY, [records[10]])
+        assert recent.incident is not None
+        async with AuditLog(snapshot.paths.audit_file, KEY) as audit:
+            report = await run_retention(snapshot, store, audit, now=TODAY)
+        assert (report.login_history, report.incidents) == (3, 1)
+        assert [s.at for s in await store.sign_ins("bob", limit=10)] == [TODAY - 10 * DAY]
+        assert [i.id for i in await store.incidents()] == [recent.incident.id]
