@@ -15,23 +15,25 @@ from tests.web.test_signin import Form
 
 async def test_toggle_protection_and_read_the_mail(tmp_path: Path) -> None:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "demo",
-        "--port",
-        str(port),
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    output = tmp_path / "demo.log"  # a file, not a pipe: a full pipe would stall the demo
+    with output.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo",
+            "--port",
+            str(port),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         jar = aiohttp.CookieJar(unsafe=True)
         async with aiohttp.ClientSession(cookie_jar=jar) as http:
             for _ in range(300):
-                assert proc.returncode is None, await proc.stdout.read()  # type: ignore[union-attr]
+                assert proc.returncode is None, output.read_text()[-3000:]
                 try:
                     async with http.get(f"{base}/_gateway/login") as r:
                         token = Form(await r.text()).csrf
@@ -66,5 +68,5 @@ async def test_toggle_protection_and_read_the_mail(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 20)
-    banner = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+    banner = output.read_text()
     assert f"Mailbox       {base}/mail" in banner
