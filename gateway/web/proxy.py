@@ -10,7 +10,6 @@ from typing import Final
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.context import RequestContext
 from gateway.web import forward_headers
@@ -127,12 +126,10 @@ class Forwarder:
             )
         except ConnectionResetError:
             return _client_gone(request, ctx, "the client closed the connection during the upload")
-        out = CIMultiDict(
-            forward_headers.response_headers(
-                upstream.headers, forward_headers.own_cookie_names(session_cookie)
-            )
+        out = forward_headers.response_headers(
+            upstream.headers, forward_headers.own_cookie_names(session_cookie)
         )
-        out["X-Gateway-Request-Id"] = ctx.request_id
+        out.append(("X-Gateway-Request-Id", ctx.request_id))  # the upstream's own is dropped
         kind = _OneWriteResponse if upstream.complete else web.StreamResponse
         response = kind(status=upstream.status, reason=upstream.reason, headers=out)
         try:
