@@ -75,6 +75,7 @@ ROWS = [
     if r.strip()
 ]
 
+TARGET_RATIO = 0.75  # issue 10: the whole gateway below a bare aiohttp pass-through proxy
 LOAD_CPU = "0"  # wrk, the backend behind the proxies, py-spy
 SERVER_CPU = "1"  # the server under test
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -882,9 +883,9 @@ def report(
     lines.append("")
     if "gateway" in results and bare:
         ratio = med([m.cpu_us for m in results["gateway"]]) / bare
-        verdict = "meets" if ratio <= 1.1 else "misses"
+        verdict = "meets" if ratio <= TARGET_RATIO else "misses"
         lines.append(
-            f"Target: gateway (c2) CPU per request at most 1.10x the bare proxy's: "
+            f"Target: gateway (c2) CPU per request at most {TARGET_RATIO:.2f}x the bare proxy's: "
             f"**{ratio:.2f}x, {verdict} it**."
         )
         lines.append("")

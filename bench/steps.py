@@ -48,8 +48,10 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
         from gateway.services.signing import Signer, mint, public_jwk
         from gateway.web import forward_headers, gate, proxy
         from gateway.web.client_ip import resolve_client
+        from gateway.web.hosts import canonical_host
         from gateway.web.identity import identity_headers
         from gateway.web.paths import normalize_path
+        from gateway.web.request_ids import new_request_id
     except Exception as exc:
         return {"all steps": f"skipped: {exc!r}"}
 
@@ -68,7 +70,7 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
     def new_ctx() -> RequestContext:
         client = resolve_client("127.0.0.1", request.headers, snapshot.trusted_proxies)
         return RequestContext(
-            request_id=str(uuid.uuid4()),
+            request_id=new_request_id(),
             started=time.perf_counter(),
             snapshot=snapshot,
             client_ip=client.text,
@@ -79,7 +81,8 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
     view = gate.described(request)
     ctx = new_ctx()
     ctx.path = normalize_path(path)
-    app = decide.match_route(snapshot, gate.request_host(view.host), ctx.path)
+    host_name = canonical_host(view.host).name if view.host else None
+    app = decide.match_route(snapshot, host_name, ctx.path)
     ctx.app, ctx.surface = app, app.surface if app else None
 
     def authed() -> RequestContext:
@@ -91,7 +94,8 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
         return c
 
     steps: list[tuple[str, Callable[[], Any], int]] = [
-        ("observe: uuid4 request id", lambda: str(uuid.uuid4()), 20000),
+        ("observe: uuid4 request id (before)", lambda: str(uuid.uuid4()), 20000),
+        ("observe: new_request_id (now)", new_request_id, 20000),
         (
             "observe: resolve_client",
             lambda: resolve_client("127.0.0.1", request.headers, snapshot.trusted_proxies),
@@ -109,7 +113,7 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
         ("gate: normalize_path", lambda: normalize_path(path), 20000),
         (
             "gate: match_route",
-            lambda: decide.match_route(snapshot, gate.request_host(view.host), ctx.path),
+            lambda: decide.match_route(snapshot, host_name, ctx.path),
             20000,
         ),
         ("gate: check_surface (allowlist lookup)", lambda: gate.check_surface(ctx), 20000),
@@ -130,7 +134,7 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
     identity: dict[str, str] = {}
     steps += [
         (
-            "identity_headers (mint + sign JWT, Ed25519)",
+            "identity_headers (assertion reused: the usual case)",
             lambda: identity_headers(c, signer, time.time()),
             2000,
         ),
@@ -143,7 +147,6 @@ def step_costs(config_file: Path, api_key: str, path: str) -> dict[str, float | 
                 role=c.role or "",
                 app=app.name,
                 auth="api-key",
-                request_id=c.request_id,
                 now=time.time(),
             ),
             2000,
