@@ -110,7 +110,8 @@ class Metrics:
         # Request metrics are counted in plain ints and handed to prometheus-client in bulk
         # (`flush`: every second and before each scrape). Its per-observation locking and, for
         # the histogram, its Python loop over the buckets cost ~5 us per request; a scrape sees
-        # counts at most one second old.
+        # counts at most one second old. With several workers (multiprocess mode) a scrape of
+        # one reads the others' files, so there every request is flushed at once.
         self._pending: dict[tuple[str, str, str, str], int] = {}
         self._pending_latency: dict[tuple[str, str], list[float]] = {}
 
@@ -124,6 +125,9 @@ class Metrics:
             slots = self._pending_latency[surface, mode] = [0.0] * (len(_BUCKETS) + 2)
         slots[bisect_left(_BUCKETS, seconds)] += 1  # the last slot before the sum is +Inf
         slots[-1] += seconds
+        if self.multiprocess:
+            # Another worker's scrape reads this process's files: they must be current.
+            self.flush()
 
     def flush(self) -> None:
         """Hand the counts gathered since the last flush to prometheus-client."""

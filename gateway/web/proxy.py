@@ -126,12 +126,16 @@ class Forwarder:
             )
         except ConnectionResetError:
             return _client_gone(request, ctx, "the client closed the connection during the upload")
-        out = forward_headers.response_headers(
-            upstream.headers, forward_headers.own_cookie_names(session_cookie)
-        )
-        out.append(("X-Gateway-Request-Id", ctx.request_id))  # the upstream's own is dropped
-        kind = _OneWriteResponse if upstream.complete else web.StreamResponse
-        response = kind(status=upstream.status, reason=upstream.reason, headers=out)
+        try:
+            out = forward_headers.response_headers(
+                upstream.headers, forward_headers.own_cookie_names(session_cookie)
+            )
+            out.append(("X-Gateway-Request-Id", ctx.request_id))  # the upstream's is dropped
+            kind = _OneWriteResponse if upstream.complete else web.StreamResponse
+            response = kind(status=upstream.status, reason=upstream.reason, headers=out)
+        except BaseException:
+            upstream.close()
+            raise
         try:
             await response.prepare(request)
             if upstream.complete:  # the usual small response: one write

@@ -211,6 +211,7 @@ class UpstreamClient:
                         waiting = asyncio.ensure_future(conn.wait(1e9, "while sending"))
                         await asyncio.wait((sending, waiting), return_when=asyncio.FIRST_COMPLETED)
                         waiting.cancel()
+                        await asyncio.gather(waiting, return_exceptions=True)
                     if sending.done() and not conn.headers_done:
                         sending.result()  # the client went away, or the upstream did
                 finally:

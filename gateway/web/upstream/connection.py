@@ -44,6 +44,7 @@ class Connection(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.counted = False  # counted in pool.open (set once connected; forget() uncounts)
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._paused_writing = False
@@ -222,7 +223,8 @@ class Connection(asyncio.Protocol):
             await waiter
         finally:
             timer.cancel()
-            self._waiter = None
+            if self._waiter is waiter:  # a cancelled earlier wait must not drop a newer one
+                self._waiter = None
 
     def take_body(self) -> bytes:
         """Every body byte that arrived so far, in one piece; resumes reading if it paused."""

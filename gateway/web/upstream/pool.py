@@ -96,6 +96,10 @@ class Pool:
         except BaseException:
             self._closed_one()
             raise
+        if conn.closed:  # closed between connecting and now: forget() did not count it
+            self._closed_one()
+            raise UpstreamUnavailable(f"{self.host}:{self.port} closed the connection at once")
+        conn.counted = True
         return conn
 
     def release(self, conn: Connection) -> None:
@@ -119,7 +123,9 @@ class Pool:
         """The connection closed (either side): it no longer counts towards the limit."""
         if conn in self.idle:
             self.idle.remove(conn)
-        self._closed_one()
+        if conn.counted:
+            conn.counted = False
+            self._closed_one()
 
     def _closed_one(self) -> None:
         self.open -= 1

@@ -394,3 +394,35 @@ class TestExpectContinue:
         response, _ = await self._post(http, refuses)
         assert response.status == 417
         assert got == [b""]
+
+
+class TestStreamedUploadThenAnswer:
+    async def test_answer_after_a_slow_upload_is_heard(self, http):
+        """The response that follows a body sent in several pieces wakes the request at once
+        (a cancelled wait while sending must not lose the next one)."""
+
+        async def reads_then_answers(reader, writer):
+            await read_head(reader)
+            await reader.readexactly(5 * 4096)
+            await asyncio.sleep(0.2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            for _ in range(5):
+                await asyncio.sleep(0.05)
+                yield b"s" * 4096
+
+        async with raw_server(reads_then_answers) as url:
+            started = time.monotonic()
+            response = await http.request(
+                url,
+                "POST",
+                "/",
+                [("Host", "x"), ("Content-Length", str(5 * 4096))],
+                slow_body(),
+                content_length=5 * 4096,
+                connect_timeout=1,
+                read_timeout=3,
+            )
+            assert await body_of(response) == b"ok"
+            assert time.monotonic() - started < 3  # woken by the answer, not by the timeout
