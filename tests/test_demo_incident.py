@@ -1,5 +1,6 @@
 """`gateway demo` shows a security incident out of the box: bob signed in from two countries
-through the trusted proxy header (the bundled GeoIP table places the addresses)."""
+through the trusted proxy header (the bundled GeoIP table places the addresses), and alice, the
+demo's admin, sees the banner, the incident and "Mark as safe" right after her first sign-in."""
 
 from __future__ import annotations
 
@@ -8,9 +9,27 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pyotp
 
 from gateway.cli import main
 from tests.factories import free_port
+from tests.web.test_signin import Form
+
+
+async def first_sign_in_as_alice(http: aiohttp.ClientSession, base: str, password: str) -> None:
+    """Password, then the 2FA enrollment the demo enforces for admins, as a newcomer does."""
+    async with http.get(f"{base}/_gateway/login") as r:
+        token = Form(await r.text()).csrf
+    form = {"username": "alice", "password": password, "next": "/", "csrf_token": token}
+    async with http.post(f"{base}/_gateway/login", data=form) as r:
+        enroll = Form(await r.text())  # redirected to 2fa/enroll
+    assert enroll.totp_secret, "the enrollment page shows the secret"
+    code = pyotp.TOTP(enroll.totp_secret).now()
+    data = {"code": code, "csrf_token": enroll.csrf}
+    async with http.post(f"{base}/_gateway/2fa/enroll", data=data) as r:
+        assert r.status == 200 and Form(await r.text()).recovery_codes
+    async with http.get(f"{base}/_gateway/2fa/continue") as r:
+        assert r.status == 200
 
 
 async def test_the_demo_opens_an_incident_once(tmp_path: Path, capsys) -> None:
@@ -35,6 +54,18 @@ async def test_the_demo_opens_an_incident_once(tmp_path: Path, capsys) -> None:
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the demo did not seed its incident in 30 s")
+        base = f"http://127.0.0.1:{port}"
+        credentials = (tmp_path / ".demo" / "credentials.txt").read_text()
+        password = credentials.split("alice: ", 1)[1].split()[0]
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            await first_sign_in_as_alice(http, base, password)
+            async with http.get(f"{base}/_gateway/admin/") as r:
+                home = await r.text()
+            assert "New security incidents detected: 1 open incident." in home
+            async with http.get(f"{base}/_gateway/admin/users/bob") as r:
+                bob = await r.text()
+            assert "Mark as safe" in bob and "193.0.6.139" in bob and "202.12.29.205" in bob
     finally:
         if proc.returncode is None:
             proc.terminate()
