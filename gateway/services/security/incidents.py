@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from gateway.policy.snapshot import User
+from gateway.policy.snapshot import Snapshot, User
 from gateway.services.store import IncidentRecord, IncidentUpdate, SignInRecord, StateStore
 
 from . import trusted
@@ -56,7 +56,7 @@ class IncidentDetector:
 
     async def judge(
         self,
-        snapshot,  # type: ignore[no-untyped-def]
+        snapshot: Snapshot,
         user: User,
         latest: SignInRecord,
         *,

@@ -144,13 +144,16 @@ class SecurityOps:
                 printable(user_agent, MAX_USER_AGENT),
                 self._clock(),
             )
-            if self._metrics is not None:
-                self._metrics.sign_ins.labels(result, verdict.country or "none").inc()
-            if result == "success":
-                await self._detector.judge(self._snapshot(), user, record, request_id=request_id)
         except Exception:
             log.exception("sign_in_record_failed", user=user.name, result=result)
             return None
+        if self._metrics is not None:
+            self._metrics.sign_ins.labels(result, verdict.country or "none").inc()
+        if result == "success":
+            try:
+                await self._detector.judge(self._snapshot(), user, record, request_id=request_id)
+            except Exception:
+                log.exception("incident_detection_failed", user=user.name)
         for hook in list(self.on_sign_in):
             try:
                 await hook(record)
