@@ -149,7 +149,8 @@ def _row(record: dict[str, Any]) -> str:
     if len(text) > 400:
         text = text[:400] + "…"
     return (
-        f"<tr>{td(record.get('ts'))}{td(record.get('event'))}{td(record.get('principal'))}"
+        f"<tr><td class='nowrap'>{escape(str(record.get('ts') or '—'))}</td>"
+        f"{td(record.get('event'))}{td(record.get('principal'))}"
         f"{td(record.get('client_ip'))}{td(record.get('app'))}{td(record.get('decision'))}"
         f"<td><code>{escape(text)}</code></td></tr>"
     )
