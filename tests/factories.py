@@ -221,6 +221,31 @@ async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[
         await runner.cleanup()
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request as a backend received it."""
+
+    method: str
+    path: str  # raw, with the query
+    headers: dict[str, str]  # lower-case names; the last value of a repeated header
+
+
+@contextlib.asynccontextmanager
+async def recording_backend() -> AsyncIterator[tuple[str, list[Seen]]]:
+    """A backend that answers "ok" and records what reached it; yields (base URL, records)."""
+    seen: list[Seen] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        seen.append(Seen(request.method, request.raw_path, headers))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with serve(app) as url:
+        yield url, seen
+
+
 @dataclass
 class RunningGateway:
     url: str
@@ -282,10 +307,20 @@ async def raw_request(host: str, port: int, data: bytes, timeout: float = 5.0) -
 
 @contextlib.asynccontextmanager
 async def gateway_process(
-    files: GatewayFiles, *, workers: int = 1, port: int | None = None
+    files: GatewayFiles,
+    *,
+    workers: int = 1,
+    port: int | None = None,
+    fd_limit: int | None = None,
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    """`gateway run` as a real child process; yields (base URL, process) once /healthz answers."""
+    """`gateway run` as a real child process; yields (base URL, process) once /healthz answers.
+    `fd_limit`: the child's descriptor limit (soft and hard)."""
+    import resource
     import sys
+
+    def limit_descriptors() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
 
     port = port or free_port()
     proc = await asyncio.create_subprocess_exec(
@@ -301,6 +336,7 @@ async def gateway_process(
         str(workers),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=limit_descriptors if fd_limit is not None else None,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -8,12 +8,16 @@ refused (400); it must never fall through to `public` and reach the backend as a
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
-from aiohttp import web
 
-from tests.factories import api_key, gateway_files, key_sha256, raw_request, running_gateway, serve
+from tests.factories import (
+    api_key,
+    gateway_files,
+    key_sha256,
+    raw_request,
+    recording_backend,
+    running_gateway,
+)
 
 KEY = api_key("limited")
 
@@ -30,23 +34,9 @@ def request(host: bytes | None, extra: bytes = b"") -> bytes:
     )
 
 
-@contextlib.asynccontextmanager
-async def vhost_backend():
-    seen: list[dict[str, str]] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        seen.append({k.lower(): v for k, v in request.headers.items()})
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    async with serve(app) as url:
-        yield url, seen
-
-
 @pytest.fixture
 async def setup(tmp_path):
-    async with vhost_backend() as (backend, seen):
+    async with recording_backend() as (backend, seen):
         files = gateway_files(
             tmp_path,
             accounts={"limited": {"key_sha256": key_sha256(KEY), "grants": {"public": "admin"}}},
@@ -94,8 +84,8 @@ class TestCanonicalMatch:
         gw, seen = setup
         response = await raw_request(gw.host, gw.port, request(host))
         assert status_of(response) == 200, response[:300]
-        assert seen[-1]["host"] == forwarded
-        assert seen[-1]["x-forwarded-host"] == forwarded
+        assert seen[-1].headers["host"] == forwarded
+        assert seen[-1].headers["x-forwarded-host"] == forwarded
 
 
 class TestInvalidHost:

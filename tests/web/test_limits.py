@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import resource
-import sys
 import time
 
 import pytest
@@ -18,7 +16,6 @@ from bench.slow_clients import LOADS, header_load, rss_mib
 from tests.factories import (
     api_key,
     echo_app,
-    free_port,
     gateway_files,
     gateway_process,
     raw_request,
@@ -284,60 +281,32 @@ async def test_memory_bounded_under_header_floods(tmp_path, load):
 async def test_descriptor_limit(tmp_path):
     """At the descriptor budget new connections get 503, open ones keep being served, and the
     condition is logged once, not once per connection."""
-    files = gateway_files(tmp_path)
-    port = free_port()
-
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "run",
-        "--config",
-        str(files.config_file),
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=low_limit,
-    )
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                if status_of(await raw_request("127.0.0.1", port, get(b"/_gateway/readyz"))) == 200:
-                    break
-            await asyncio.sleep(0.1)
+    async with gateway_process(gateway_files(tmp_path), fd_limit=256) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
         keep_reader, keep_writer = await asyncio.open_connection("127.0.0.1", port)
         keep_writer.write(get(close=False))
         assert status_of(await read_response(keep_reader)) == 200
-        refused = 0
-        for i in range(150):  # budget: (256 - 64) // 2 = 96 connections
-            source = f"127.0.0.{2 + i % 5}"
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, local_addr=(source, 0)
-            )
-            held.append((reader, writer))
-        for reader, _writer in held:
-            with contextlib.suppress(TimeoutError):
-                if (await asyncio.wait_for(reader.read(100), 0.05)).startswith(b"HTTP/1.1 503"):
-                    refused += 1
-        assert 40 <= refused <= 60, refused
-        keep_writer.write(get(close=False))
-        assert status_of(await read_response(keep_reader)) == 200  # the open one is served
-        for _reader, writer in held:
-            writer.close()
-        held.clear()
+        try:
+            for i in range(150):  # budget: (256 - 64) // 2 = 96 connections
+                source = f"127.0.0.{2 + i % 5}"
+                held.append(
+                    await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+                )
+            refused = 0
+            for reader, _writer in held:
+                with contextlib.suppress(TimeoutError):
+                    answer = await asyncio.wait_for(reader.read(100), 0.05)
+                    refused += answer.startswith(b"HTTP/1.1 503")
+            assert 40 <= refused <= 60, refused
+            keep_writer.write(get(close=False))
+            assert status_of(await read_response(keep_reader)) == 200  # the open one is served
+        finally:
+            for _reader, writer in held:
+                writer.close()
         await asyncio.sleep(0.3)
         assert status_of(await raw_request("127.0.0.1", port, get())) == 200
         keep_writer.close()
-    finally:
-        for _reader, writer in held:
-            writer.close()
-        proc.terminate()
-        await proc.wait()
     assert proc.stderr is not None
     stderr = (await proc.stderr.read()).decode()
     assert stderr.count("connection_limit_reached") == 1, stderr[-2000:]
