@@ -55,6 +55,7 @@ MAX_HEADERS: Final = 128  # count; beyond: 431 like a head that is too large
 CONNECTIONS_PER_IP: Final = 256
 KEEPALIVE_TIMEOUT: Final = 75.0
 QUIET_AFTER: Final = 60.0
+LINGER: Final = 2.0  # seconds a refused client may go on sending after our answer
 
 _REASONS: Final[dict[int, str]] = {
     400: "Bad Request",
@@ -283,6 +284,7 @@ class GuardedRequestHandler(RequestHandler):
             return
         self._admitted = True
         super().connection_made(transport)
+        self.transport = _Lingering(self.transport, self)  # type: ignore[arg-type]
         self._arm_head_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -398,6 +400,33 @@ class GuardedRequestHandler(RequestHandler):
         )
         response.force_close()
         return response
+
+
+class _Lingering:
+    """The connection's transport, closed gently after a refused head.
+
+    A client refused mid-head (431) is usually still sending. Closing the socket with its bytes
+    unread makes the kernel send a reset, and the client may lose our answer before reading it.
+    So after a refusal, close() sends FIN only, goes on reading (and discarding: the handler is
+    `_refused`) and closes for good after LINGER seconds or when the client closes.
+    """
+
+    __slots__ = ("_handler", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, handler: GuardedRequestHandler) -> None:
+        self._transport = transport
+        self._handler = handler
+
+    def close(self) -> None:
+        transport = self._transport
+        if not self._handler._refused or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER, transport.close)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _head_size(message: Any) -> int:

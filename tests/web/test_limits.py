@@ -111,6 +111,22 @@ class TestHeadSize:
             writer.close()
         assert status_of(response) == 431
 
+    async def test_client_still_sending_reads_the_431(self, gw):
+        """The refusal lingers (FIN, then reading and discarding) instead of a reset that
+        could destroy the answer before the client reads it."""
+        reader, writer = await asyncio.open_connection(gw.host, gw.port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: gw\r\n")
+            for i in range(40):  # past 64 KiB, then on after the refusal has been sent
+                writer.write(b"X-%d: %s\r\n" % (i, b"e" * 4000))
+                await writer.drain()
+                if i == 17:
+                    await asyncio.sleep(0.3)
+            response = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        assert status_of(response) == 431
+
     async def test_under_the_limits_passes(self, gw):
         """A head just under 64 KiB and a large body are fine."""
         big_head = b"".join(b"X-%d: %s\r\n" % (i, b"c" * 8000) for i in range(7))
