@@ -524,3 +524,45 @@ class TestSecurityOperations:
         [guard] = [m for m in mails if m.subject.startswith("[gateway] System message")]
         assert "locks out every gateway admin" in guard.subject
         assert sorted(guard.rcpt_tos) == ADMINS
+
+
+class TestRestartWithMailPending:
+    """`gateway run` stopped while SMTP is down and notices wait; started again with SMTP
+    back: every notice arrives, none twice."""
+
+    async def test_restart_then_smtp_back(self, tmp_path: Path) -> None:
+        from gateway.services.store import open_store
+        from tests.factories import free_port
+
+        port = free_port()  # nothing listens here yet: SMTP is down
+        files = notifying_files(tmp_path, port)
+        async with gateway_process(files) as (url, _proc):
+            for user in ("bob", "carol", "bob", "carol", "bob"):
+                async with client() as http:
+                    await fetch_login(http, url, user, "wrong-password")
+            store = await open_store(files.config["state"], files.root)
+            try:
+                await wait_async(lambda: _retried(store), timeout=30)
+                assert (await store.outbox_stats()).pending == 5
+            finally:
+                await store.close()
+        with MailSink(port) as server:
+            async with gateway_process(files):
+                await wait_for(lambda: _notices(server.received) == 5, timeout=30)
+                await asyncio.sleep(1.0)
+            mails = server.received
+        assert _notices(mails) == 5
+        assert len({m.message_id for m in mails}) == len(mails) <= 4
+        for user, count in (("bob", 3), ("carol", 2)):
+            about = [m for m in mails if f" {user} " in m.subject]
+            assert sum(len(items(m)) or 1 for m in about) == count, [m.subject for m in about]
+
+
+async def _retried(store: Any) -> bool:
+    rows = await store.outbox_list("pending", 10)
+    return bool(rows) and all(r.attempts >= 1 or r.not_before > r.created_at for r in rows)
+
+
+def _notices(mails: list[Received]) -> int:
+    """Notices carried: a digest lists one per line, a single mail is one."""
+    return sum(len(items(m)) or 1 for m in mails)
