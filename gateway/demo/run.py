@@ -198,6 +198,11 @@ async def _serve(port: int, shown_dir: str, forward_auth: bool) -> None:
         # one line for the person at the terminal, no traceback
         raise SystemExit(f"gateway demo: {exc}") from None
     runners.append(gateway)
+    # Before nginx starts: a SIGTERM from now on stops nginx too instead of orphaning it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     nginx = None
     if forward_auth:
         nginx = await _start_nginx(front_port, port, dash_port, api_port)
@@ -226,10 +231,6 @@ Press Ctrl-C to stop.
         flush=True,
     )
     seeding = asyncio.create_task(_seed(f"http://127.0.0.1:{port}"))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
         await stop.wait()
     finally:

@@ -26,10 +26,18 @@ async def test_demo_behind_nginx(tmp_path: Path):
         stderr=asyncio.subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
+    banner: list[str] = []
     try:
+        assert proc.stdout is not None
+        while not any("Press Ctrl-C" in line for line in banner):  # ready: nginx is up
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line, "".join(banner)
+            banner.append(line.decode())
+        # Keep reading, so the demo's log lines can never fill the pipe and block it.
+        drain = asyncio.create_task(proc.stdout.read())
         async with aiohttp.ClientSession() as http:
             for _ in range(300):
-                assert proc.returncode is None, await proc.stdout.read()  # type: ignore[union-attr]
+                assert proc.returncode is None, "".join(banner)
                 try:
                     async with http.get(f"{base}/", allow_redirects=False) as r:
                         status, location = r.status, r.headers.get("Location")
@@ -53,8 +61,8 @@ async def test_demo_behind_nginx(tmp_path: Path):
         if proc.returncode is None:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 20)
-    banner = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
-    assert "forward-auth: nginx on" in banner
+    await drain
+    assert any("forward-auth: nginx on" in line for line in banner)
     # nginx went with the demo: nothing listens on the port any more.
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
