@@ -58,12 +58,18 @@ def resolve_paths(config_file: Path, config: GatewayConfig) -> Paths:
     )
 
 
+Signature = tuple[tuple[str, int, int, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class LoadResult:
     snapshot: Snapshot | None
     report: ConfigReport
     files: tuple[str, ...]
     digest: str = ""  # of the files' names and bytes as read, good or bad
+    # What stat said just before the policy files were read: the poller's first baseline, so a
+    # change made between this load and the poller's start is not taken as the starting state.
+    signature: Signature = ()
 
     @property
     def ok(self) -> bool:
@@ -158,6 +164,7 @@ def _load(config_file: Path, generation: int, report: ConfigReport) -> LoadResul
     if config is None or config_source is None:
         return LoadResult(None, report, tuple(files), digest.hexdigest())
     paths = resolve_paths(config_file, config)
+    signature = files_signature(paths)
     try:
         entries = policy_files(paths.policies_dir)
     except OSError as exc:
@@ -194,7 +201,7 @@ def _load(config_file: Path, generation: int, report: ConfigReport) -> LoadResul
     except CompileError as exc:
         report.error(_owner(exc, config_source, sources), exc.path, exc.message)
         return LoadResult(None, report, tuple(files), digest.hexdigest())
-    return LoadResult(snapshot, report, tuple(files), digest.hexdigest())
+    return LoadResult(snapshot, report, tuple(files), digest.hexdigest(), signature)
 
 
 def _owner(exc: CompileError, config: SourceFile, sources: list[SourceFile]) -> SourceFile:
@@ -292,7 +299,7 @@ async def _watch(holder: PolicyHolder, debounce_ms: int) -> None:
                 break
 
 
-def files_signature(paths: Paths) -> tuple[tuple[str, int, int, int], ...]:
+def files_signature(paths: Paths) -> Signature:
     """What stat says about the config file and every policy entry (symlinks followed; an
     entry that cannot be stat'ed or listed is part of the signature too)."""
     out = []
@@ -318,7 +325,8 @@ async def poll(holder: PolicyHolder, interval: float = 2.0) -> None:
     update a mounted ConfigMap; a stat of a handful of files every two seconds costs nothing.
     Survives any error: logged, and the next round tries again.
     """
-    last: tuple[tuple[str, int, int, int], ...] | None = None
+    loaded = holder.last_result
+    last: Signature | None = loaded.signature if loaded and loaded.signature else None
     while True:
         try:
             current = await asyncio.to_thread(files_signature, holder.current.paths)

@@ -11,6 +11,8 @@ import time
 
 import yaml
 
+from gateway.app import initial_holder
+from gateway.policy.source import load, poll
 from tests.factories import (
     api_key,
     client,
@@ -226,3 +228,25 @@ class TestReadyzDetails:
                 public = await r.json()
         assert "protection.enabled" in ops["policy"]["rejected"][0]
         assert public == {"status": "ready", "policy_rejected": True}
+
+
+class TestChangeBeforeWatching:
+    """A worker starting while a policy is edited: the edit lands after the worker read the files
+    but before its watcher and poller run. The poller's baseline is what stat said at load time,
+    so the edit is still picked up (it was missed for good, and one worker kept the old policy)."""
+
+    async def test_an_edit_between_load_and_poller_start_is_reloaded(self, tmp_path):
+        files = gateway_files(tmp_path)
+        result = load(files.config_file)
+        holder = initial_holder(files.config_file, result)
+        files.write_policy("access", allowlist(True, "192.0.2.1"))
+        poller = asyncio.create_task(poll(holder, interval=0.05))
+        try:
+            deadline = time.monotonic() + 30  # generous: a loaded machine
+            while holder.current.generation == 1:
+                assert time.monotonic() < deadline, "the edit was never reloaded"
+                await asyncio.sleep(0.05)
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+        assert holder.current.generation == 2 and holder.rejected is None
