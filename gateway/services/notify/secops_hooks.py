@@ -2,20 +2,20 @@
 incident opened (admins and legal contacts), sign-in from a country new for the user (the
 user), the country of a failed sign-in, and the lockout guard system message.
 
-`attach(services)` plugs them in when the process has that service (`services.security`).
+`attach(services)` plugs them into the process's `services.security` at start.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.policy import decide
 from gateway.policy.ipset import parse_client_ip
 from gateway.policy.snapshot import Snapshot
 from gateway.services.notify.messages import utc
 from gateway.services.notify.system import Condition
-from gateway.services.store import StateStore
+from gateway.services.store import IncidentRecord, SignInRecord, StateStore
 
 if TYPE_CHECKING:
     from gateway.web.resources import Services
@@ -27,8 +27,8 @@ MAX_EVIDENCE = 10
 
 
 def attach(services: Services) -> None:
-    security = getattr(services, "security", None)
-    if security is None or services.notifier is None:
+    security = services.security
+    if services.notifier is None:
         return
     security.on_incident_opened.append(_incident_hook(services))
     security.on_sign_in.append(functools.partial(after_sign_in, services))
@@ -37,14 +37,11 @@ def attach(services: Services) -> None:
 
 
 def country_of(services: Services, ip: str | None) -> str | None:
-    security = getattr(services, "security", None)
-    if security is None or ip is None:
-        return None
-    return security.geoip.lookup(ip).country
+    return None if ip is None else services.security.geoip.lookup(ip).country
 
 
 def _incident_hook(services: Services):  # type: ignore[no-untyped-def]
-    async def on_incident_opened(incident: Any, sign_ins: list[Any]) -> None:
+    async def on_incident_opened(incident: IncidentRecord, sign_ins: list[SignInRecord]) -> None:
         facts = [
             ["Sign-in", f"{utc(s.at)} from {s.ip or '?'} ({s.country or 'no country'})"]
             for s in sign_ins[-MAX_EVIDENCE:]
@@ -57,7 +54,7 @@ def _incident_hook(services: Services):  # type: ignore[no-untyped-def]
     return on_incident_opened
 
 
-async def after_sign_in(services: Services, record: Any) -> None:
+async def after_sign_in(services: Services, record: SignInRecord | None) -> None:
     """A successful sign-in from a country not seen for this user in 90 days mails the user.
 
     Only when the user has other successful sign-ins in those 90 days: on a first sign-in every
@@ -70,7 +67,7 @@ async def after_sign_in(services: Services, record: Any) -> None:
     since = record.at - NEW_COUNTRY_DAYS * DAY
     earlier = [
         s
-        for s in await services.store.sign_ins(  # type: ignore[attr-defined]
+        for s in await services.store.sign_ins(
             record.user, since=since, result="success", limit=10_000
         )
         if s.id != record.id
@@ -90,7 +87,7 @@ async def lockout_guard(snapshot: Snapshot, store: StateStore, now: float) -> li
         return []  # monitor mode lets everyone through: nobody is locked out yet
     addresses: set[str] = set()
     for admin in (u for u in snapshot.users.values() if u.admin):
-        for s in await store.sign_ins(  # type: ignore[attr-defined]
+        for s in await store.sign_ins(
             admin.name, since=now - LOCKOUT_DAYS * DAY, result="success", limit=1000
         ):
             if s.ip:
