@@ -129,6 +129,22 @@ async def _regulated(
     )
 
 
+async def _regulated_code(
+    request: web.Request, ctx: RequestContext, user: User, code: str
+) -> tuple[regulation.Attempt, accounts.SecondFactor]:
+    """Check a TOTP or recovery code as one regulated attempt (raises `regulation.Refused`)."""
+    store, now = _services(request).store, time.time()
+    return await _regulated(
+        request,
+        ctx,
+        user.name,
+        lambda: accounts.verify_second_factor(
+            store, _sealer(request), user.name, code, now, _hashing(request, ctx)
+        ),
+        lambda result: result.ok,
+    )
+
+
 def _audit_failure(
     request: web.Request,
     event: str,
@@ -396,18 +412,9 @@ async def verify(request: web.Request) -> web.StreamResponse:
         )
     form = await request.post()
     code = str(form.get("code", ""))[:64]
-    now = time.time()
     rules = ctx.snapshot.policy.login_regulation
     try:
-        attempt, result = await _regulated(
-            request,
-            ctx,
-            user.name,
-            lambda: accounts.verify_second_factor(
-                services.store, _sealer(request), user.name, code, now, _hashing(request, ctx)
-            ),
-            lambda result: result.ok,
-        )
+        attempt, result = await _regulated_code(request, ctx, user, code)
     except regulation.Refused:
         services.metrics.logins.labels("banned").inc()
         await _record_sign_in(request, user, "banned")
@@ -713,19 +720,9 @@ async def _check_current_code(
     request: web.Request, ctx: RequestContext, user: User, code: str
 ) -> str | None:
     """Check a current TOTP or recovery code as one regulated attempt; None when it is right."""
-    services = _services(request)
     rules = ctx.snapshot.policy.login_regulation
-    now = time.time()
     try:
-        attempt, result = await _regulated(
-            request,
-            ctx,
-            user.name,
-            lambda: accounts.verify_second_factor(
-                services.store, _sealer(request), user.name, code, now, _hashing(request, ctx)
-            ),
-            lambda result: result.ok,
-        )
+        attempt, result = await _regulated_code(request, ctx, user, code)
     except regulation.Refused:
         audit(
             request,
