@@ -26,7 +26,7 @@ from gateway.context import RequestContext, context_of
 from gateway.policy import decide
 from gateway.policy.snapshot import User
 from gateway.web.errors import error_response
-from gateway.web.gate import deny
+from gateway.web.gate import deny, described, login_url
 from gateway.web.resources import SERVICES, Services
 from gateway.web.sessions import current_login
 
@@ -137,10 +137,7 @@ async def _require_admin(request: web.Request, ctx: RequestContext) -> User | we
         )
     if request.method in ("GET", "HEAD"):
         ctx.decision = decide.deny(decide.UNAUTHENTICATED, "admin console: sent to sign in")
-        target = ctx.path or "/"
-        if request.query_string:
-            target += "?" + request.query_string
-        raise web.HTTPFound(f"{ctx.snapshot.prefix}/login?next={quote(target, safe='')}")
+        raise web.HTTPFound(login_url(ctx, described(request)))  # the query as received
     return _forbidden(request, ctx, "admin console: not signed in", "Sign in first.")
 
 
