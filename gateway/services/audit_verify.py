@@ -71,6 +71,12 @@ def record_hash(key: bytes, record: dict[str, Any]) -> str:
     return hmac.digest(key, canonical(record), sha256).hex()
 
 
+def hash_matches(key: bytes, record: dict[str, Any], claimed: str) -> bool:
+    """Constant-time, as bytes: compare_digest raises TypeError on a non-ASCII str, and an
+    edited line must be reported, not crash the check."""
+    return hmac.compare_digest(record_hash(key, record).encode(), claimed.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
     """The outcome of `verify`: ok when no problem was found; each problem names where and what."""
@@ -110,7 +116,7 @@ def purge_checkpoints(paths: Sequence[Path], key: bytes) -> dict[str, tuple[int,
                     continue
                 if not _is_chained(record) or record.get("event") != "retention.purged":
                     continue
-                if not hmac.compare_digest(record_hash(key, record), record["hash"]):
+                if not hash_matches(key, record, record["hash"]):
                     continue
                 files = record.get("audit_files") or {}
                 for chain, point in (files.get("checkpoint") or {}).items():
@@ -172,7 +178,7 @@ def verify(
         records += 1
         chain, seq, prev, claimed = (record[k] for k in CHAIN_FIELDS)
         state = chains.get(chain)
-        if not hmac.compare_digest(record_hash(key, record), claimed):
+        if not hash_matches(key, record, claimed):
             problems.append(f"{number}: hash mismatch (record edited or forged)")
             # A record claiming the next seq holds that slot, so that one edited line gives
             # one problem; a record claiming any other place is ignored.

@@ -70,7 +70,8 @@ class Csrf:
         cookie = read_cookie(request, COOKIE, secure)
         if not cookie or not submitted:
             return False
-        return hmac.compare_digest(self._sign(cookie), submitted)
+        # As bytes: compare_digest raises TypeError on a str with non-ASCII characters.
+        return hmac.compare_digest(self._sign(cookie).encode(), submitted.encode())
 
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}

@@ -260,6 +260,18 @@ class TestVerify:
         assert not report.ok
         assert report.problems == ["line 3: hash mismatch (record edited or forged)"]
 
+    def test_non_ascii_hash_is_a_mismatch_not_a_crash(self, tmp_path: Path) -> None:
+        # hmac.compare_digest raises TypeError on non-ASCII str: hashes are compared as bytes.
+        path = tmp_path / "audit.jsonl"
+        write_records(path, 3)
+        lines = lines_of(path)
+        record = orjson.loads(lines[1])
+        record["hash"] = "é" * 64
+        lines[1] = orjson.dumps(record) + b"\n"
+        path.write_bytes(b"".join(lines))
+        report = verify(path, KEY)
+        assert report.problems[0] == "line 2: hash mismatch (record edited or forged)"
+
     def test_edited_first_line_is_one_problem(self, tmp_path: Path) -> None:
         path = tmp_path / "audit.jsonl"
         write_records(path, 3)

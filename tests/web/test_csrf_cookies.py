@@ -103,6 +103,15 @@ class TestExpiredLoginForm:
             )
             assert again.status == 302 and again.location == "/x"
 
+    async def test_a_non_ascii_token_is_refused_not_an_error(self, gw):
+        """hmac.compare_digest raises on non-ASCII str: the token is compared as bytes."""
+        async with client() as http:
+            await fetch(http, "GET", f"{gw.url}{LOGIN}")  # the CSRF cookie
+            data = {"username": "alice", "password": PASSWORD, "next": "/x", "csrf_token": "é"}
+            reply = await fetch(http, "POST", f"{gw.url}{LOGIN}", data=data)
+            assert reply.status == 403
+            assert "The form expired, please try again" in reply.text
+
 
 class TestHostPrefix:
     async def test_tls_names_and_attributes(self, gw):
