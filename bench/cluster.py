@@ -311,8 +311,12 @@ def report(results: dict[str, list[Result]], facts: dict[str, str]) -> None:
         f"{REPEAT} interleaved rounds of {SECONDS} s, wrk -c{base.CONNECTIONS}"
         f"{' per instance' if SCALE else ''} through nginx, "
         "GET / signed in (session cookie). The 2 cores were shared with other work.",
-        f"CPU: {facts['CPU']}, {facts['nproc']} cores; pinning: wrk, nginx, backend and Redis "
-        "on CPU 0, every gateway instance on CPU 1.",
+        f"CPU: {facts['CPU']}, {facts['nproc']} cores; pinning: "
+        + (
+            "wrk, nginx, backend and Redis on CPU 0, every gateway instance on CPU 1."
+            if base.PIN
+            else "none (BENCH_PIN=0)."
+        ),
         "",
         f"| row | req/s | gateway CPU us/req (all instances) | vs {ROWS[0]} | per instance "
         "us/req served | session store CPU us/req | nginx us/req | bad answers |",
