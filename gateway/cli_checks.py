@@ -15,6 +15,7 @@ from gateway.policy.ipset import parse_client_ip
 from gateway.policy.snapshot import SURFACES, Snapshot
 from gateway.policy.source import load
 from gateway.services.notify.checks import notification_warnings
+from gateway.services.store.url import redact
 
 
 def lockout_warnings(snapshot: Snapshot, client_ip: str) -> list[str]:
@@ -50,7 +51,7 @@ async def two_factor_warnings(snapshot: Snapshot) -> list[str]:
         assert store is not None
     except Exception as exc:  # reported, not fatal for a validity check
         return [
-            f"state store {snapshot.config.state!r} not reachable ({exc}); "
+            f"state store {redact(snapshot.config.state)!r} not reachable ({exc}); "
             "could not check whether an admin has 2FA"
         ]
     try:

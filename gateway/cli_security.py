@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.policy.snapshot import Snapshot
+from gateway.services.store.url import redact
 
 EXIT_OK, EXIT_INVALID = 0, 1
 
@@ -102,7 +103,7 @@ def _read_only(args: argparse.Namespace, job: Callable[..., Awaitable[int]]) -> 
         store = await store_if_present(snapshot)
         if store is None:
             print(
-                f"nothing recorded yet: no state database ({snapshot.config.state})",
+                f"nothing recorded yet: no state database ({redact(snapshot.config.state)})",
                 file=sys.stderr,
             )
             return EXIT_OK

@@ -76,6 +76,17 @@ class TestCheck:
             in out.stdout
         )
 
+    def test_an_unreachable_store_is_named_without_its_password(self, tmp_path):
+        files = gateway_files(
+            tmp_path,
+            extra_config={"state": "postgresql://gw:hunter2@127.0.0.1:1/gateway"},
+            security={"two_factor": {"enforce": "admins"}},  # `check` then asks the store
+        )
+        out = gateway("check", "--config", str(files.config_file))
+        assert "postgresql://gw:***@127.0.0.1:1/gateway" in out.stdout, out.stdout + out.stderr
+        assert "not reachable" in out.stdout
+        assert "hunter2" not in out.stdout + out.stderr
+
     def test_client_ip_lockout_warning(self, tmp_path):
         files = production_ready(tmp_path)
         out = gateway("check", "--config", str(files.config_file), "--client-ip", "192.0.2.7")

@@ -40,7 +40,7 @@ from gateway.services.store.schema import (
     split_sqlite_script,
 )
 from gateway.services.store.sqlite import SqliteStore
-from gateway.services.store.url import PostgresTarget, SqliteTarget
+from gateway.services.store.url import PostgresTarget, SqliteTarget, redact
 
 from .conftest import StoreBackend
 
@@ -636,6 +636,19 @@ class TestStoreUrl:
             parse_store_url("mysql://gw:hunter2@db/gateway", Path("/etc/gw"))
         assert "hunter2" not in str(caught.value)
         assert "mysql://gw:***@db/gateway" in str(caught.value)
+
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            # urlsplit refuses it: nothing but the scheme can be shown safely
+            ("postgresql://gw:hunter2@[::1/gateway", "postgresql://(not shown"),
+            # libpq takes the password as a query parameter too
+            ("postgresql://gw@db/gateway?sslmode=require&password=hunter2", "sslmode=require"),
+        ],
+    )
+    def test_no_password_in_a_redacted_url(self, url: str, shown: str) -> None:
+        assert "hunter2" not in redact(url)
+        assert shown in redact(url)
 
 
 class TestOpenStore:

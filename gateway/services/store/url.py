@@ -34,17 +34,29 @@ class PostgresTarget:
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ***, fit for messages and logs."""
+    """The URL with its password replaced by ***, fit for messages and logs: the one in the
+    user info and libpq's `password=` query parameter. A URL that cannot be parsed is not shown
+    beyond its scheme (where its password is cannot be known)."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return url
-    if not password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+        return f"{url.partition('://')[0][:20]}://(not shown: the URL cannot be parsed)"
+    pairs = [p.partition("=") for p in parts.query.split("&")] if parts.query else []
+    in_query = any(name.strip().lower() == "password" for name, _, _ in pairs)
+    if not password and not in_query:
+        return url  # as written (urlunsplit would respell some URLs)
+    if in_query:
+        query = "&".join(
+            f"{name}=***" if name.strip().lower() == "password" else f"{name}{sep}{value}"
+            for name, sep, value in pairs
+        )
+        parts = parts._replace(query=query)
+    if password:
+        netloc = parts.netloc.rsplit("@", 1)
+        userinfo = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{userinfo}:***@{netloc[1]}")
+    return urlunsplit(parts)
 
 
 def _invalid(url: str, why: str) -> ValueError:
