@@ -100,6 +100,17 @@ def audit_events(files: GatewayFiles, event: str) -> list[dict[str, Any]]:
     return [r for r in map(orjson.loads, lines) if r["event"] == event]
 
 
+async def audit_events_when(
+    files: GatewayFiles, event: str, count: int, timeout: float = 15.0
+) -> list[dict[str, Any]]:
+    """The records once `count` of them are on disk (the writer flushes in the background)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(found := audit_events(files, event)) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{len(found)} {event} records"
+        await asyncio.sleep(0.05)
+    return found
+
+
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[RunningGateway]:
     trusted = [{"cidr": "89.160.20.0/24", "scope": "example.org", "description": "Partner app"}]
@@ -128,7 +139,7 @@ class TestIncidentJourney:
         ]
         assert detail.sign_ins[1].record.user_agent == "Safari/17"
         assert detail.sign_ins[0].record.geoip_source.startswith("GeoLite2-Country ")
-        (opened,) = audit_events(gw.files, "incident.opened")
+        (opened,) = await audit_events_when(gw.files, "incident.opened", 1)
         assert (opened["principal"], opened["countries"]) == ("bob", ["GB", "NO"])
 
         async with client() as http:  # metrics: from 127.0.0.1 itself, no proxy header
@@ -144,7 +155,7 @@ class TestIncidentJourney:
         new, old = await security.list_incidents()
         # Only sign-ins after the resolution count: GB and JP, not the NO judged before.
         assert (new.state, new.countries, old.id) == ("open", ("GB", "JP"), incident.id)
-        assert len(audit_events(gw.files, "incident.opened")) == 2
+        assert len(await audit_events_when(gw.files, "incident.opened", 2)) == 2
 
     async def test_mail_to_the_admins_and_to_the_user(self, tmp_path: Path) -> None:
         """The incident goes to the admins; the sign-in from a country new for bob, to bob."""
