@@ -12,7 +12,8 @@ aiohttp's server, with these limits on each connection (GuardedRequestHandler):
   bytes of a head are counted until it is complete, so a client that trickles headers cannot
   grow the parser's buffers past that.
 - **Connections per client IP** (CONNECTIONS_PER_IP; the TCP peer, trusted proxies exempt since
-  one proxy carries many clients): a connection beyond it is answered 429 and closed.
+  one proxy carries many clients; IPv6 per /64, which one machine usually holds whole, as the
+  sign-in regulation counts it): a connection beyond it is answered 429 and closed.
 - **File descriptors.** At MAX share of the process's descriptor limit new connections are
   answered 503 and closed, so the open ones keep being served and the upstream connections,
   state store and audit file still get descriptors. accept() itself never hits EMFILE first.
@@ -45,6 +46,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from gateway.policy.ipset import CompiledIPSet, parse_client_ip
+from gateway.services.regulation import ip_subject
 
 log = structlog.get_logger("gateway.listener")
 
@@ -178,22 +180,24 @@ class ConnectionGuard:
             self._at_limit = False
             log.warning("connection_limit_cleared", open=self.open, limit=self.max_connections)
         if ip is not None:
-            count = self._by_ip.get(ip, 0)
+            key = ip_subject(ip)
+            count = self._by_ip.get(key, 0)
             if count >= self.per_ip and not self._is_trusted(ip):
                 self.conditions.note("connections_per_ip_exceeded", client_ip=ip, limit=self.per_ip)
                 return 429
-            self._by_ip[ip] = count + 1
+            self._by_ip[key] = count + 1
         self.open += 1
         return None
 
     def release(self, ip: str | None) -> None:
         self.open -= 1
         if ip is not None:
-            count = self._by_ip.get(ip, 1) - 1
+            key = ip_subject(ip)
+            count = self._by_ip.get(key, 1) - 1
             if count > 0:
-                self._by_ip[ip] = count
+                self._by_ip[key] = count
             else:
-                self._by_ip.pop(ip, None)
+                self._by_ip.pop(key, None)
 
     def _is_trusted(self, ip: str) -> bool:
         trusted = self._trusted()

@@ -13,6 +13,8 @@ import time
 import pytest
 
 from bench.slow_clients import LOADS, header_load, rss_mib
+from gateway.policy.ipset import CompiledIPSet
+from gateway.web.listener import ConnectionGuard
 from tests.factories import (
     api_key,
     echo_app,
@@ -223,6 +225,20 @@ class TestPerIpCap:
             finally:
                 for _reader, writer in held:
                     writer.close()
+
+    def test_ipv6_counts_per_64(self):
+        """One machine holds a whole /64: its addresses share the cap (only ::1 exists here,
+        so the guard is driven directly)."""
+        guard = ConnectionGuard(
+            lambda: CompiledIPSet.build([]), lambda: None, max_connections=100, per_ip=2
+        )
+        assert guard.admit("2001:db8:1:1::1") is None
+        assert guard.admit("2001:db8:1:1::2") is None
+        assert guard.admit("2001:db8:1:1::3") == 429  # the same /64
+        assert guard.admit("2001:db8:1:2::1") is None  # another /64
+        guard.release("2001:db8:1:1::1")
+        assert guard.admit("2001:db8:1:1::4") is None
+        assert guard.admit("192.0.2.1") is None and guard.admit("192.0.2.2") is None
 
 
 SECRET_KEY = b"gwk_live_SECRETKEY_0123456789"
