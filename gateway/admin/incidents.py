@@ -14,6 +14,8 @@ from gateway.admin import secops
 from gateway.admin.console import Admin
 from gateway.admin.layout import render, table, td, when
 from gateway.admin.users import NOTICE
+from gateway.services.security.models import IncidentDetail
+from gateway.services.store import IncidentRecord
 
 STATES = ("open", "acknowledged", "resolved")
 SHOWN = 50
@@ -70,7 +72,7 @@ async def _list(
     )
 
 
-def _row(admin: Admin, incident, detail) -> str:  # type: ignore[no-untyped-def]
+def _row(admin: Admin, incident: IncidentRecord, detail: IncidentDetail) -> str:
     actions = []
     if incident.state == "open":
         actions.append(
@@ -104,7 +106,7 @@ def _row(admin: Admin, incident, detail) -> str:  # type: ignore[no-untyped-def]
     )
 
 
-def _evidence(detail) -> str:  # type: ignore[no-untyped-def]
+def _evidence(detail: IncidentDetail) -> str:
     items = "".join(
         f"<li>{escape(when(v.record.at))}: <code>{escape(v.record.ip or '—')}</code> "
         f"{escape(secops.country(v.record.country))}"

@@ -7,6 +7,7 @@ person removes through `?remove=ID`, a confirmation page that posts the `id`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from html import escape
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from gateway.admin import secops
 from gateway.admin.console import Admin
 from gateway.admin.layout import confirm, render, table, td, when
 from gateway.admin.users import NOTICE
+from gateway.services.security.models import TrustedIp
 
 
 async def view(admin: Admin) -> web.StreamResponse:
@@ -48,7 +50,7 @@ async def view(admin: Admin) -> web.StreamResponse:
     return await _page(admin, notice=notice if isinstance(notice, str) else None)
 
 
-async def _find(admin: Admin, entry_id: int):  # type: ignore[no-untyped-def]
+async def _find(admin: Admin, entry_id: int) -> TrustedIp | None:
     security = secops.ops(admin)
     assert security is not None
     for entry in await security.trusted_ips():
@@ -126,7 +128,9 @@ async def _page(
     )
 
 
-def _input(name: str, label: str, value: str, *, hint: str = "", datalist=()) -> str:  # type: ignore[no-untyped-def]
+def _input(
+    name: str, label: str, value: str, *, hint: str = "", datalist: Iterable[str] = ()
+) -> str:
     described = f' aria-describedby="{name}-hint"' if hint else ""
     listed = f' list="{name}-options"' if datalist else ""
     options = (
@@ -144,7 +148,7 @@ def _input(name: str, label: str, value: str, *, hint: str = "", datalist=()) ->
     )
 
 
-def _row(admin: Admin, entry) -> str:  # type: ignore[no-untyped-def]
+def _row(admin: Admin, entry: TrustedIp) -> str:
     if entry.removable:
         remove = (
             f'<a class="button secondary small" '
