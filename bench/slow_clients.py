@@ -1,5 +1,5 @@
 """Slow clients and header floods against a real `gateway run`: its memory, and the latency a
-legitimate client sees meanwhile (PRODUCT.md section 14; issue: 500 connections each sending
+legitimate client sees meanwhile (docs/security.md; issue: 500 connections each sending
 120 headers of 16 KB without ever finishing the head took the process from 300 MB to 2.2 GB).
 
     .venv/bin/python bench/slow_clients.py [--connections 500] [--rounds 3]

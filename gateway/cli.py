@@ -1,4 +1,4 @@
-"""The command line (PRODUCT.md section 11): parse, call, print. Exit 2 is a usage error."""
+"""The command line (docs/cli.md): parse, call, print. Exit 2 is a usage error."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`gateway notify test`, `gateway outbox` and `gateway retention run` (PRODUCT.md 7.2, 7.4)."""
+"""`gateway notify test`, `gateway outbox` and `gateway retention run` (docs/notifications.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What the read-only verbs (check, explain, audit verify/tail, incidents, logins) may open: only
-what already exists. They never create the state database or a secret key (PRODUCT.md 11); a
+what already exists. They never create the state database or a secret key (docs/cli.md); a
 first run of `gateway check` on a fresh checkout must leave the folder as it found it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`gateway incidents`, `gateway logins` and `gateway trusted-ips` (PRODUCT.md sections 8, 11).
+"""`gateway incidents`, `gateway logins` and `gateway trusted-ips` (docs/incidents.md, docs/cli.md).
 
 The listing verbs only read: they create no state database, no secret key and no audit file
 (a gateway that never ran has nothing to show, and says so). The verbs that change something

@@ -1,5 +1,5 @@
 """`gateway user ...` run as a real process against a running gateway's config and state store
-(PRODUCT.md section 11); sign-in state is checked over real HTTP."""
+(docs/cli.md); sign-in state is checked over real HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gateway's own admin console under {prefix}/admin/ (PRODUCT.md section 9).
+"""The gateway's own admin console under {prefix}/admin/ (docs/http.md).
 
 A package of its own, mounted on the page table (`register`), so gateway/web/ keeps its one
 request pipeline: the console adds pages, never steps. See docs/admin-console.md.

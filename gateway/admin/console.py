@@ -67,7 +67,7 @@ class Admin:
         return self.services.csrf.field(self.request)
 
     def audit(self, event: str, **fields: Any) -> None:
-        """An `admin.*` record with the admin as principal (PRODUCT.md section 9)."""
+        """An `admin.*` record with the admin as principal (docs/http.md)."""
         assert event.startswith("admin."), event
         self.services.audit.record(
             event,

@@ -1,7 +1,6 @@
-"""What the console's home page shows about parts the notifications module owns: the system
-messages in force (PRODUCT.md 7.3) and the outbox (7.2). Each reader returns None when that part
-is not running in this process, and the page then says "not configured yet" instead of guessing.
-"""
+"""What the console's home page shows about parts the notifications module owns: the system messages
+in force (docs/notifications.md) and the outbox (7.2). Each reader returns None when that part is
+not running in this process, and the page then says "not configured yet" instead of guessing."""
 
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def _sign_in_row(admin: Admin, name: str, view: SignInView, scope: str | None) -
 
 
 def mark_safe_form(admin: Admin, name: str, fields: dict[str, str], *, key: str) -> str:
-    """Posts `cidr`, `description` and `scope` to the user's page (PRODUCT.md section 10)."""
+    """Posts `cidr`, `description` and `scope` to the user's page (docs/http.md)."""
     return (
         f'<form method="post" action="{escape(admin.user_url(name))}">{admin.csrf()}'
         '<input type="hidden" name="action" value="mark_safe">'

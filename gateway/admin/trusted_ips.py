@@ -1,7 +1,7 @@
 """`admin/trusted-ips`: trusted login IPs by email domain (choose the domain, search), remove,
 add. The policy's `trusted_login_ips` are listed too, read-only.
 
-POST with `cidr`, `description`, `scope` adds; with `id` removes (PRODUCT.md section 10). A
+POST with `cidr`, `description`, `scope` adds; with `id` removes (docs/http.md). A
 person removes through `?remove=ID`, a confirmation page that posts the `id`.
 """
 

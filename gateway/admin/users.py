@@ -147,7 +147,7 @@ async def _act(admin: Admin, user: User) -> web.StreamResponse:
     if action == "reset_2fa":
         ended = await accounts.reset_2fa(store, admin.services.sessions, user.name)
         admin.audit("admin.totp.reset", user=user.name, sessions_revoked=ended)
-        if admin.services.notifier is not None:  # the user hears of it (PRODUCT.md 7.1)
+        if admin.services.notifier is not None:  # the user hears of it (docs/notifications.md)
             await admin.services.notifier.two_factor_reset(
                 admin.ctx.snapshot, user.name, f"admin {admin.user.name}"
             )

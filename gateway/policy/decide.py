@@ -1,6 +1,6 @@
 """Pure access decisions with reason codes, shared by the request path and `gateway explain`.
 
-The codes are the fixed set of PRODUCT.md section 4; the same code appears in the response, the
+The codes are the fixed set of docs/http.md; the same code appears in the response, the
 audit record and the explanation.
 """
 

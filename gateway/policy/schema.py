@@ -362,7 +362,7 @@ class Incidents(Model):
 
 
 class TrustedLoginIp(Model):
-    # The "mark as safe" rules of PRODUCT.md section 8, shared with the console and the CLI.
+    # The "mark as safe" rules of docs/incidents.md, shared with the console and the CLI.
     cidr: Annotated[
         str,
         BeforeValidator(trusted_ips.check_trusted_network),

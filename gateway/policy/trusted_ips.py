@@ -1,4 +1,4 @@
-"""The rules for trusted login IPs ("mark as safe", PRODUCT.md section 8). Pure: no aiohttp.
+"""The rules for trusted login IPs ("mark as safe", docs/incidents.md). Pure: no aiohttp.
 
 The same functions check the policy's `trusted_login_ips` (through the schema, so an error
 names file, line and key) and what an admin enters in the console or the CLI.

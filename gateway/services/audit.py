@@ -1,6 +1,6 @@
 """The audit trail: hash-chained JSON Lines, written through a private structlog chain.
 
-One `AuditLog` per process (PRODUCT.md section 6, docs/architecture.md):
+One `AuditLog` per process (docs/http.md, docs/architecture.md):
 
     audit = AuditLog(path, secret.derive(KEY_PURPOSE), head_sink=store.save_audit_head)
     await audit.start()                  # in the app's cleanup_ctx; `await audit.close()` after

@@ -1,7 +1,7 @@
 """Search the audit trail newest first, streaming from the end of the files backwards.
 
 The admin console's `admin/audit` page and its JSON Lines export read through here
-(PRODUCT.md sections 9 and 10). A trail can be gigabytes, so nothing here loads it: files are
+(docs/http.md). A trail can be gigabytes, so nothing here loads it: files are
 read backwards in 1 MiB blocks and a line is parsed only when the cheap tests pass:
 
 1. the time range, compared on the line's first bytes (every record starts with
@@ -36,7 +36,7 @@ ORDER_SLACK = timedelta(seconds=60)
 _TS_START = b'{"ts":"'
 _TS_END = len(_TS_START) + len("2026-01-01T00:00:00.000Z")
 
-#: The form's filter fields (PRODUCT.md section 10), in the order the page shows them.
+#: The form's filter fields (docs/http.md), in the order the page shows them.
 FILTER_FIELDS = ("since", "until", "event", "principal", "client_ip", "app", "decision")
 
 

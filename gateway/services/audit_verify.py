@@ -3,7 +3,7 @@
 This module only reads. The writer is `gateway.services.audit.AuditLog`; both sides share the
 format defined here (`BASE_FIELDS`, `CHAIN_FIELDS`, `record_hash`), so a change to it is made once.
 
-How the chain works (PRODUCT.md section 6, docs/architecture.md): every writing process has its own
+How the chain works (docs/http.md, docs/architecture.md): every writing process has its own
 chain, named by a random `chain` id. Its records carry `seq` (1, 2, 3...), `prev` (the `hash` of
 the previous record of the same chain, null for seq 1) and `hash`, an HMAC-SHA256 over the record
 without `hash`, serialised canonically (orjson, keys sorted). Lines of several chains interleave in

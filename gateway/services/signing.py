@@ -1,9 +1,9 @@
 """Signing keys for `X-Gateway-Assertion`: creation, rotation, the JWKS, and minting tokens.
 
-The gateway signs short-lived JWTs for proxied requests (EdDSA over Ed25519, PRODUCT.md
-section 5); gateway.web.identity reuses one for up to 30 s per principal, app, role and auth.
-The keys live in the state store, the private half sealed with the secret key, so every worker
-and every instance signs with the same key and publishes the same JWKS.
+The gateway signs short-lived JWTs for proxied requests (EdDSA over Ed25519, docs/backends.md);
+gateway.web.identity reuses one for up to 30 s per principal, app, role and auth. The keys live in
+the state store, the private half sealed with the secret key, so every worker and every instance
+signs with the same key and publishes the same JWKS.
 
 Who uses what:
 
@@ -165,7 +165,7 @@ def mint(
     issuer: str = DEFAULT_ISSUER,
 ) -> str:
     """An `X-Gateway-Assertion`; `email` is None for service accounts. `jti` is random unless
-    given: a token may serve several requests (PRODUCT.md section 5), so it is not a request id."""
+    given: a token may serve several requests (docs/backends.md), so it is not a request id."""
     if auth not in AUTH_METHODS:
         raise ValueError(f"auth must be one of {sorted(AUTH_METHODS)}, not {auth!r}")
     iat = int(now)

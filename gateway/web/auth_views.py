@@ -1,5 +1,5 @@
 """Sign-in views: login, the 2FA prompt and enrollment interstitial, password change, account,
-logout (PRODUCT.md sections 4.4, 9, 10).
+logout (docs/http.md).
 
 A sign-in is a small state machine kept in the server-side session:
 
@@ -696,7 +696,7 @@ async def account(request: web.Request) -> web.StreamResponse:
                 )
                 return _html(forms.recovery_codes(codes, _url(ctx, "account"), regenerated=True))
             elif action == "reenroll_2fa":
-                # The old authenticator stays until the new one is confirmed (PRODUCT.md 9):
+                # The old authenticator stays until the new one is confirmed (docs/http.md):
                 # the code just checked only opens the move, for a few minutes.
                 session[MOVING_PHONE] = time.time()
                 session.pop(PENDING_SECRET, None)

@@ -1,4 +1,4 @@
-"""Client IP: the TCP peer, unless the peer is a trusted proxy (PRODUCT.md section 4 step 1).
+"""Client IP: the TCP peer, unless the peer is a trusted proxy (docs/http.md, request path step 1).
 
 From a trusted peer, the right-most address that is not itself a trusted proxy in the one header
 `client_ip_header` names: X-Forwarded-For (several header lines are joined in order, RFC 9110

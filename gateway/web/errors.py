@@ -96,7 +96,7 @@ def error_response(
 def _facts_and_ways(
     request: web.Request, ctx: RequestContext | None, code: str, status: int
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Who is signed in and what was denied, and the links back (PRODUCT.md section 9)."""
+    """Who is signed in and what was denied, and the links back (docs/http.md)."""
     if ctx is None:
         return [], [("/", "Go to the start page")]
     facts: list[tuple[str, str]] = []

@@ -1,4 +1,4 @@
-"""The sign-in pages' markup (PRODUCT.md section 10): plain forms, a label for every field, the
+"""The sign-in pages' markup (docs/http.md): plain forms, a label for every field, the
 autocomplete hints password managers rely on, a hidden CSRF token, no JavaScript."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Forward-auth mode (PRODUCT.md section 12): nginx, Traefik or Caddy proxy, the gateway decides.
+"""Forward-auth mode (docs/forward-auth.md): nginx, Traefik or Caddy proxy, the gateway decides.
 
 The views only turn the proxy's description of the original request into a `Described` request,
 run the same pipeline steps as full-proxy mode (gate.locate, gate.decide_access) and turn the

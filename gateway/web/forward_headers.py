@@ -1,4 +1,4 @@
-"""What headers cross the gateway, each way (PRODUCT.md section 4 step 6).
+"""What headers cross the gateway, each way (docs/http.md, request path step 6).
 
 Request, in this order: hop-by-hop headers (RFC 9110 7.6.1, plus every header the Connection
 header names) are dropped; every inbound header that claims an identity or a client address

@@ -1,4 +1,4 @@
-"""The access pipeline, in the order of PRODUCT.md section 4; each step returns early on a denial.
+"""The access pipeline, in the order of docs/http.md; each step returns early on a denial.
 
     client IP (observe middleware) -> normalise + match app -> surface allowlist
     -> authenticate (session | API key) -> authorize (grant -> role -> rules) -> forward

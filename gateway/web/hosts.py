@@ -1,4 +1,4 @@
-"""Host header canonicalisation (PRODUCT.md section 4 step 2). Pure: never imports aiohttp.
+"""Host header canonicalisation (docs/http.md, request path step 2). Pure: never imports aiohttp.
 
 `canonical_host` turns a Host header value into the one form the gateway matches apps against
 and forwards upstream, or raises `BadHost` (answered 400). Name-based backends read the Host

@@ -1,4 +1,4 @@
-"""Identity headers for backends (PRODUCT.md section 5). Added after every inbound claim is gone.
+"""Identity headers for backends (docs/backends.md). Added after every inbound claim is gone.
 
 Assertion reuse: signing an Ed25519 JWT is the most expensive step of a proxied request (about
 40 us, as much as the rest of the gate), so one signed assertion serves every request of the same

@@ -1,5 +1,5 @@
 """The listening socket and every connection on it, before any request reaches the app
-(PRODUCT.md section 14: the gateway protects itself before any sign-in).
+(docs/security.md: the gateway protects itself before any sign-in).
 
 aiohttp's server, with these limits on each connection (GuardedRequestHandler):
 

@@ -1,4 +1,4 @@
-"""Open WebSockets end when the access behind them ends (PRODUCT.md section 4 step 6).
+"""Open WebSockets end when the access behind them ends (docs/http.md, request path step 6).
 
 An HTTP request is checked once; a WebSocket lives on, so what let it in is checked again:
 

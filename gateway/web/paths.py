@@ -1,4 +1,4 @@
-"""Request-target normalisation (PRODUCT.md section 4 step 2). Pure: never imports aiohttp.
+"""Request-target normalisation (docs/http.md, request path step 2). Pure: never imports aiohttp.
 
 `normalize_path` turns the raw path of the request target, exactly as it came off the wire, into
 the one path the gateway matches against app prefixes, applies role rules to and forwards

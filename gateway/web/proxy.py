@@ -1,4 +1,4 @@
-"""Forwarding to the upstream: streamed HTTP both ways, and WebSocket (PRODUCT.md section 4.6).
+"""Forwarding to the upstream: streamed HTTP both ways, and WebSocket (docs/http.md).
 
 Which headers cross, each way: gateway.web.forward_headers. WebSocket: gateway.web.websocket.
 """

@@ -1,4 +1,4 @@
-"""WebSocket forwarding (PRODUCT.md section 4 step 6), on aiohttp's client and server.
+"""WebSocket forwarding (docs/http.md, request path step 6), on aiohttp's client and server.
 
 The upstream handshake gets the same headers as an HTTP request (forward_headers, including the
 canonical Host), minus the handshake's own, which aiohttp's client sets. Both directions are

@@ -1,4 +1,4 @@
-"""Who gets into the admin console, over real HTTP (PRODUCT.md section 9): gateway admins after
+"""Who gets into the admin console, over real HTTP (docs/http.md): gateway admins after
 every sign-in step; everyone else 403 `forbidden`; every change a POST with the CSRF token."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The admin console in Chromium (PRODUCT.md section 9): the incidents banner, an incident and its
+"""The admin console in Chromium (docs/http.md): the incidents banner, an incident and its
 evidence, the user's page with "Mark as safe" under each prefix rule (refusals with their
 messages), trusted IPs by domain with removal after a confirmation, all accessible (axe-core).
 

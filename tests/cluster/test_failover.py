@@ -1,6 +1,6 @@
 """Losing an instance (kill -9) in the middle of a load through nginx: no session lost, no
 failure beyond the requests that were in flight on it, every audit chain still verifies
-(PRODUCT.md section 13)."""
+(docs/cluster.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Trusted IPs, incidents and the notification outbox across three real instances behind nginx
-(PRODUCT.md sections 7.2, 8 and 13): each is shared through PostgreSQL, each notification is
-sent once, and a notification leased by an instance killed mid-send is sent by another."""
+(docs/notifications.md, docs/incidents.md, docs/cluster.md): each is shared through PostgreSQL, each
+notification is sent once, and a notification leased by an instance killed mid-send is sent by
+another."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Three real instances behind nginx, one PostgreSQL, one Redis: they behave as one gateway
-(PRODUCT.md section 13). One cluster for the module; each test uses its own users."""
+(docs/cluster.md). One cluster for the module; each test uses its own users."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Real nginx (auth_request) and real Caddy (forward_auth) in front, the gateway deciding
-(PRODUCT.md section 12). Each journey runs through both proxies with the shipped configurations.
+(docs/forward-auth.md). Each journey runs through both proxies with the shipped configurations.
 """
 
 from __future__ import annotations

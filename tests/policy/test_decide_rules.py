@@ -1,5 +1,5 @@
-"""Role rules against the ways backends read a request differently (PRODUCT.md section 4 step 5):
-deny rules match paths case-insensitively, and every method override must be allowed too."""
+"""Role rules against the ways backends read a request differently (docs/http.md, request path step
+5): deny rules match paths case-insensitively, and every method override must be allowed too."""
 
 from __future__ import annotations
 

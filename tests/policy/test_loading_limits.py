@@ -1,4 +1,4 @@
-"""Bad input to the policy loader (PRODUCT.md section 14): values that cannot be compiled,
+"""Bad input to the policy loader (docs/security.md): values that cannot be compiled,
 entries that are not readable files, huge files, alias bombs, cascades and name clashes. Each is
 a validation error with file, line and key; nothing raises, nothing is silently skipped."""
 

@@ -1,4 +1,4 @@
-"""`sessions:` in gateway.yaml: where sessions live (PRODUCT.md section 3.1)."""
+"""`sessions:` in gateway.yaml: where sessions live (docs/configuration.md)."""
 
 from __future__ import annotations
 

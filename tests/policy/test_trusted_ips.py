@@ -1,4 +1,4 @@
-"""The "mark as safe" rules (PRODUCT.md section 8), shared by the policy, console and CLI."""
+"""The "mark as safe" rules (docs/incidents.md), shared by the policy, console and CLI."""
 
 from __future__ import annotations
 

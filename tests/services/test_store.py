@@ -587,7 +587,7 @@ class TestAcrossProcesses:
 
 
 class TestStoreUrl:
-    """The `state:` URL forms of PRODUCT.md 3.1, and a helpful error for everything else."""
+    """The `state:` URL forms of docs/configuration.md, and a helpful error for everything else."""
 
     @pytest.mark.parametrize(
         ("url", "expected"),

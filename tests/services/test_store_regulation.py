@@ -1,5 +1,5 @@
 """Conformance of sign-in regulation in the store: attempts are reserved atomically, on every
-implementation, across coroutines and across processes (PRODUCT.md section 14)."""
+implementation, across coroutines and across processes (docs/security.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`client_ip_header` (PRODUCT.md section 3.1): from a trusted proxy only the one header it names
+"""`client_ip_header` (docs/configuration.md): from a trusted proxy only the one header it names
 is read, never the other one, which a client can send through a proxy that does not rewrite it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Host header canonicalisation over raw sockets (PRODUCT.md section 4 step 2).
+"""Host header canonicalisation over raw sockets (docs/http.md, request path step 2).
 
 A host-bound app `internal` (admin.example) that the key has no grant on, and a host-less app
 `public` that it may use, both in front of a name-based backend that records the Host it gets.

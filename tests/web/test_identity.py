@@ -1,4 +1,4 @@
-"""Assertion reuse (PRODUCT.md section 5): one signed token per principal, app, role and auth for
+"""Assertion reuse (docs/backends.md): one signed token per principal, app, role and auth for
 up to 30 s, a unique jti per token, a new token after a key rotation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Security incidents over real HTTP (PRODUCT.md section 8): people sign in through a trusted
+"""Security incidents over real HTTP (docs/incidents.md): people sign in through a trusted
 proxy that names their public address in X-Forwarded-For; a real MaxMind-format database maps
 those addresses to countries.
 

@@ -1,4 +1,4 @@
-"""Connection hygiene (PRODUCT.md section 14) over raw sockets: head timeout, head size limits
+"""Connection hygiene (docs/security.md) over raw sockets: head timeout, head size limits
 answered 431, HTTP/2.0 request lines answered 505, connections per client IP, the descriptor
 limit, parser errors that never reach a log with the request's bytes, and memory that stays
 bounded under slow-client and header-flood loads of a real `gateway run`."""

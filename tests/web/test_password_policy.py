@@ -1,6 +1,7 @@
 """The password page and the password policy over real HTTP: refusals in plain words, history,
 expiry (forced change before anything else), `gateway user expire-password`, apps_policy
-inheritance, and users.yaml resets taking precedence (PRODUCT.md sections 3.2, 4.4, 10, 11)."""
+inheritance, and users.yaml resets taking precedence (docs/configuration.md, docs/http.md,
+docs/cli.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`sessions.store: redis://...`: sign-in, sign-out and revocation with sessions in a real Redis,
-and what people see while Redis is unreachable (PRODUCT.md sections 3.1 and 13)."""
+and what people see while Redis is unreachable (docs/configuration.md, docs/cluster.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Signed-in users lose access at their very next request when the policy or an admin says so:
-hot-reloaded policy files (user removed, grant lowered, 2FA now required) and the
-`gateway user revoke-sessions` command (PRODUCT.md sections 1, 3, 4.4, 11)."""
+hot-reloaded policy files (user removed, grant lowered, 2FA now required) and the `gateway user
+revoke-sessions` command (README.md, docs/configuration.md, docs/http.md, docs/cli.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The dashboard sign-in journey over real HTTP: login form, CSRF, cookies, session, logout,
-idle expiry, login regulation and `next` redirects (PRODUCT.md sections 4.4, 5, 9, 10).
+idle expiry, login regulation and `next` redirects (docs/http.md, docs/backends.md).
 
 The helpers at the top are shared with the other sign-in test modules (2FA, password policy,
 revocation, CLI): they speak plain HTTP to a real gateway and parse its plain HTML forms.

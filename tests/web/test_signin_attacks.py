@@ -1,6 +1,6 @@
 """Sign-in under attack, over real HTTP: concurrent guesses get no more tries than a sequence,
 a ban does not tell whether a user exists, and a burst of hashing from one address does not
-hold up everybody else (PRODUCT.md sections 3.2 and 14)."""
+hold up everybody else (docs/configuration.md, docs/security.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Two-factor sign-in over real HTTP: the enrollment interstitial, the code prompt, replay,
-recovery codes and code brute force (PRODUCT.md sections 4.4, 9, 10), with codes computed by
+recovery codes and code brute force (docs/http.md), with codes computed by
 Debian's `oathtool`, and one replay test across two real `gateway run` processes."""
 
 from __future__ import annotations

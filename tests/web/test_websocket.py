@@ -1,5 +1,5 @@
 """WebSockets through the gateway end when the access behind them ends, check Origin on the
-dashboard surface, and reach the backend with the same Host as HTTP (PRODUCT.md section 4.6)."""
+dashboard surface, and reach the backend with the same Host as HTTP (docs/http.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Notifications (PRODUCT.md section 7): the outbox's door (events), the sender task, the mail
+"""Notifications (docs/notifications.md): the outbox's door (events), the sender task, the mail
 it writes, the SMTP mailer and the system messages. See docs/notifications.md."""
 
 from gateway.services.notify.events import Notifier, admin_emails, legal_emails

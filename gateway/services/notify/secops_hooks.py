@@ -1,6 +1,6 @@
-"""Notifications that need the security operations service (PRODUCT.md sections 7.1, 7.3, 8):
-incident opened (admins and legal contacts), sign-in from a country new for the user (the
-user), the country of a failed sign-in, and the lockout guard system message.
+"""Notifications that need the security operations service (docs/notifications.md,
+docs/incidents.md): incident opened (admins and legal contacts), sign-in from a country new for the
+user (the user), the country of a failed sign-in, and the lockout guard system message.
 
 `attach(services)` plugs them into the process's `services.security` at start.
 """

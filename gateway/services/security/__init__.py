@@ -1,4 +1,4 @@
-"""Security operations (PRODUCT.md sections 8 and 9): sign-in history with GeoIP, requests per
+"""Security operations (docs/incidents.md, docs/http.md): sign-in history with GeoIP, requests per
 user and hour, security incidents and trusted login IPs. No aiohttp here: the sign-in views, the
 admin console (gateway/admin/) and the CLI (gateway/cli_security.py) all call `SecurityOps`.
 

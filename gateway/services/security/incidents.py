@@ -1,4 +1,4 @@
-"""Security incidents (PRODUCT.md section 8): detection at sign-in, and the one place where an
+"""Security incidents (docs/incidents.md): detection at sign-in, and the one place where an
 incident is opened.
 
 A successful sign-in is judged against the user's successful sign-ins within

@@ -69,7 +69,7 @@ class NotFound(SecurityError):
 
 
 class InvalidTrustedIp(SecurityError):
-    """The entry breaks a rule of PRODUCT.md section 8 (prefix, host bits, scope, description)
+    """The entry breaks a rule of docs/incidents.md (prefix, host bits, scope, description)
     or exists already."""
 
 
@@ -116,7 +116,7 @@ class IncidentDetail:
 
 @dataclass(frozen=True, slots=True)
 class UserActivity:
-    """The admin console's view of one user (PRODUCT.md section 9, admin/users/{name})."""
+    """The admin console's view of one user (docs/http.md, admin/users/{name})."""
 
     user: str
     known: bool  # the user is in the policy in force

@@ -186,7 +186,7 @@ class SystemMessageRecord:
 
 @dataclass(frozen=True, slots=True)
 class SignInRecord:
-    """One sign-in attempt that got past the password step (PRODUCT.md section 8).
+    """One sign-in attempt that got past the password step (docs/incidents.md).
 
     `result` is "success" (every step done), "failure" (a wrong second factor) or "banned"
     (refused at the second step by a sign-in ban). `country` is an ISO 3166 alpha-2 code, None
@@ -498,7 +498,7 @@ class StateStore(Protocol):
     async def system_messages(self) -> list[SystemMessageRecord]:
         """Every condition in force, oldest first."""
 
-    # -- sign-in history (PRODUCT.md section 8) ----------------------------------------------
+    # -- sign-in history (docs/incidents.md) ----------------------------------------------
 
     async def sign_in_add(
         self,
