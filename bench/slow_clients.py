@@ -43,12 +43,22 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-async def _open(host: str, port: int, source: str) -> asyncio.StreamWriter | None:
+async def _open(
+    host: str, port: int, source: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     try:
-        _reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+        return await asyncio.open_connection(host, port, local_addr=(source, 0))
     except OSError:
         return None
-    return writer
+
+
+async def _answered(reader: asyncio.StreamReader, flag: list[bool], i: int) -> None:
+    """Sets flag[i] once the gateway writes anything (its 431) or closes its side: it never
+    writes to a connection whose head is still coming unless it refuses it. A refused head
+    lingers (the gateway discards what follows for a while), so writes alone would not tell."""
+    with contextlib.suppress(OSError):
+        await reader.read(1)
+    flag[i] = True
 
 
 async def _send(writer: asyncio.StreamWriter, data: bytes) -> bool:
@@ -78,9 +88,12 @@ async def header_load(
     `header_size` bytes (at most `total` bytes of them), one line per connection per round with
     `pause` seconds between rounds, and never the blank line that ends the head. Bounded: stops
     after the last round, or when `should_stop()` says so (a memory guard)."""
-    writers: list[asyncio.StreamWriter | None] = await asyncio.gather(
+    pairs = await asyncio.gather(
         *(_open(host, port, SOURCES[i % len(SOURCES)]) for i in range(connections))
     )
+    writers = [p[1] if p is not None else None for p in pairs]
+    answered = [False] * connections
+    watchers = [asyncio.create_task(_answered(p[0], answered, i)) for i, p in enumerate(pairs) if p]
     sent = [0] * connections
     open_ = [w is not None for w in writers]
     stats = {"opened": sum(open_), "closed_by_gateway": 0, "bytes_sent": 0}
@@ -98,7 +111,7 @@ async def header_load(
                     continue
                 if total is not None and sent[i] + len(line) > total:
                     continue
-                if await _send(writer, line):
+                if not answered[i] and await _send(writer, line):
                     sent[i] += len(line)
                 else:
                     open_[i] = False
@@ -111,6 +124,9 @@ async def header_load(
         stats["still_open"] = sum(open_)
         return stats
     finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         for writer in writers:
             if writer is not None:
                 writer.close()
