@@ -3,12 +3,12 @@
 Request id and client IP are bound per request through contextvars (web/observe.py), so every
 line logged while serving a request carries them. Stable snake_case event names.
 
-Libraries that log through the standard library (aiohttp, asyncio) get the same JSON lines, with
-the exception's type and where it was raised but never its message or traceback text: aiohttp's
-parser exceptions quote the request bytes (API keys, passwords, cookies). A library message that
-repeats (asyncio's "socket.accept() out of system resource" at the descriptor limit) is logged
-once a minute with a count of what was suppressed, not once per connection.
-"""
+Libraries that log through the standard library (aiohttp, asyncio) get the same JSON lines, with the
+exception's type and where it was raised but never its message or traceback text: aiohttp's parser
+exceptions quote the request bytes (API keys, passwords, cookies). The gateway's own
+`log.exception(...)` lines likewise carry the exception's type and stack, never its message. A
+library message that repeats (asyncio's "socket.accept() out of system resource" at the descriptor
+limit) is logged once a minute with a count of what was suppressed, not once per connection."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 import time
+from types import TracebackType
+from typing import Any
 
 import structlog
 
@@ -45,6 +47,36 @@ class StdlibJsonFormatter(logging.Formatter):
         if suppressed:
             out["suppressed"] = suppressed
         return jsonlib.dumps(out, default=str)
+
+
+def _frames(tb: TracebackType | None) -> list[str]:
+    out = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        out.append(f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}")
+        tb = tb.tb_next
+    return out
+
+
+def safe_exc_info(_logger: object, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: an exception as its type and stack, never its message.
+
+    Exception messages quote what they choked on (a header value, a form field, request bytes),
+    so they are where a client's secret would reach the log. The type and the frames are enough
+    to find the bug; the request id in the same line finds the request in the audit trail.
+    """
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    elif isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    exc_type, _exc, tb = exc_info
+    if exc_type is not None:
+        event_dict["error"] = exc_type.__name__
+        event_dict["stack"] = _frames(tb)
+    return event_dict
 
 
 class RepeatFilter(logging.Filter):
@@ -82,7 +114,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
+            safe_exc_info,  # type and stack of an exception, never its message
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
