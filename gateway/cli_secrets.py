@@ -9,14 +9,27 @@ import hashlib
 import re
 import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 # The same rule as the policy schema's names (gateway/policy/schema.py `Name`).
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
-def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """`--config` is optional here: given, the policy in it checks the password or the name."""
+def add_parsers(sub: Any, _common: argparse.ArgumentParser) -> None:
+    """`--config` is optional here: given, the policy in it checks the password or the name.
+
+    These verbs get their own `--config` (default None) rather than `set_defaults(config=None)`
+    on the shared one: parents share their Action objects, so set_defaults would change the
+    default of every verb's --config.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="check against this gateway.yaml's policy (optional)",
+    )
     hp = sub.add_parser(
         "hash-password",
         parents=[common],
@@ -24,7 +37,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "password policy",
     )
     hp.add_argument("--user", help="check against this user's rules (their apps' overrides)")
-    hp.set_defaults(config=None)
     apikey = sub.add_parser("apikey", parents=[common], help="service account keys")
     apikey_sub = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = apikey_sub.add_parser(
@@ -33,7 +45,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="print a new key and its hash; with --config, refuse a name already taken",
     )
     create.add_argument("name")
-    create.set_defaults(config=None)
 
 
 def _read_password() -> str | None:

@@ -270,3 +270,20 @@ class TestKeys:
         assert len(lines) == 2
         assert sorted(line.rsplit(" ", 1)[1] for line in lines) == ["active", "retired"]
         assert "signing_key.rotated" in files.audit_file.read_text()
+
+
+class TestDefaultConfig:
+    """Without --config every verb reads config/gateway.yaml from the working directory."""
+
+    def test_each_verb_falls_back_to_the_default_path(self, tmp_path):
+        for verb in (["check"], ["audit", "verify"], ["explain", "--ip", "1.2.3.4", "GET", "/"]):
+            out = subprocess.run(
+                [sys.executable, "-m", "gateway", *verb],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+            )
+            assert out.returncode == 1, (verb, out.stderr)
+            assert "config/gateway.yaml: no such file" in out.stdout + out.stderr, verb
+            assert "Traceback" not in out.stderr
