@@ -7,8 +7,7 @@ audit record and the explanation.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote_plus
 
 from gateway.policy.snapshot import AppRoute, Role, ServiceAccount, Snapshot, SurfacePolicy
@@ -23,8 +22,9 @@ UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
 UPSTREAM_TIMEOUT: Final = "upstream_timeout"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+# A NamedTuple, not a frozen dataclass: as immutable, and built in half the time (several per
+# request; a frozen dataclass sets each field through object.__setattr__).
+class Decision(NamedTuple):
     allowed: bool
     code: str | None = None  # the reason code of a denial (or of a monitored would-be denial)
     reason: str = ""  # one sentence for people: audit `reasons`, `gateway explain`

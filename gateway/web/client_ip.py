@@ -11,15 +11,14 @@ expected gives no client IP at all, which enabled allowlists deny: fail closed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from multidict import CIMultiDictProxy
 
 from gateway.policy.ipset import CompiledIPSet, parse_client_ip
 
 
-@dataclass(frozen=True, slots=True)
-class ClientAddress:
+class ClientAddress(NamedTuple):  # immutable; cheaper to build than a frozen dataclass
     text: str | None
     parsed: tuple[int, int] | None  # (version, integer value)
     via_proxy: bool

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote
 
 from aiohttp import web
@@ -43,8 +43,7 @@ NO_KEY_DETAIL = "This API needs a key: send it as `Authorization: Bearer <key>` 
 INVALID_KEY_DETAIL = "The API key is not valid or has expired."
 
 
-@dataclass(frozen=True, slots=True)
-class Described:
+class Described(NamedTuple):
     """The request the pipeline decides on.
 
     `headers` is where credentials (session cookie, API key) are read: in both modes the headers
