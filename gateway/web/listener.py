@@ -260,6 +260,7 @@ class GuardedRequestHandler(RequestHandler):
         "_admitted",
         "_guard",
         "_head_bytes",
+        "_head_deadline",
         "_head_timer",
         "_last_payload",
         "_peer",
@@ -273,6 +274,7 @@ class GuardedRequestHandler(RequestHandler):
         self._admitted = False
         self._refused = False
         self._head_bytes = 0
+        self._head_deadline: float | None = None  # loop time by which the pending head must be in
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: Any = None
 
@@ -296,7 +298,10 @@ class GuardedRequestHandler(RequestHandler):
             return
         self._admitted = False
         self._guard.release(self._peer)
-        self._disarm_head_timer()
+        self._head_deadline = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     # -- heads --------------------------------------------------------------------------------
@@ -311,7 +316,7 @@ class GuardedRequestHandler(RequestHandler):
         awaiting_head = last is None or last.is_eof()
         if awaiting_head:
             self._head_bytes += len(data)
-            if self._head_timer is None:
+            if self._head_deadline is None:
                 self._arm_head_timer()
         before = self._request_count
         super().data_received(data)
@@ -358,16 +363,33 @@ class GuardedRequestHandler(RequestHandler):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    # The head deadline is a number, not a timer per request: scheduling and cancelling an
+    # asyncio timer for every head of a keep-alive connection cost a few us per request. One
+    # timer per connection at most is pending; when it fires before the current deadline (it
+    # was set for an earlier head) it is set again for the rest, so a head still has exactly
+    # `head_timeout` seconds.
+
     def _arm_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self._guard.head_timeout, self._head_timeout)
+        deadline = self._loop.time() + self._guard.head_timeout
+        self._head_deadline = deadline
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(deadline, self._head_timer_fired)
 
     def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline = None  # a pending timer finds no deadline and does nothing
+
+    def _head_timer_fired(self) -> None:
+        self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return
+        if self._loop.time() < deadline:
+            self._head_timer = self._loop.call_at(deadline, self._head_timer_fired)
+            return
+        self._head_deadline = None
+        self._head_timeout()
 
     def _head_timeout(self) -> None:
-        self._head_timer = None
         if self._force_close or self._upgraded or self._request_in_progress or self._messages:
             return  # a request is being served: never cut
         last = self._last_payload
