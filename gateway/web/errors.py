@@ -49,6 +49,25 @@ def wants_problem_json(request: web.Request, surface: str | None) -> bool:
     return "json" in accept and "text/html" not in accept
 
 
+PROBLEM_JSON: Final = "application/problem+json"
+
+
+def problem_json(
+    code: str, *, request_id: str | None, detail: str | None = None, title: str | None = None
+) -> tuple[int, bytes]:
+    """The status and the RFC 9457 body of a denial for programs."""
+    status, default_title, text = _TEXTS[code]
+    body = {
+        "type": "about:blank",
+        "title": title or default_title,
+        "status": status,
+        "code": code,
+        "detail": detail or text,
+        "request_id": request_id,
+    }
+    return status, orjson.dumps(body)
+
+
 def error_response(
     request: web.Request,
     code: str,
@@ -59,23 +78,11 @@ def error_response(
     headers: dict[str, str] | None = None,
     title: str | None = None,
 ) -> web.Response:
+    if wants_problem_json(request, surface):
+        status, body = problem_json(code, request_id=request_id, detail=detail, title=title)
+        return web.Response(status=status, body=body, content_type=PROBLEM_JSON, headers=headers)
     status, default_title, text = _TEXTS[code]
     title = title or default_title
-    if wants_problem_json(request, surface):
-        body = {
-            "type": "about:blank",
-            "title": title,
-            "status": status,
-            "code": code,
-            "detail": detail or text,
-            "request_id": request_id,
-        }
-        return web.Response(
-            status=status,
-            body=orjson.dumps(body),
-            content_type="application/problem+json",
-            headers=headers,
-        )
     ctx: RequestContext | None = request.get(CONTEXT_KEY)
     facts, links = _facts_and_ways(request, ctx, code, status)
     return web.Response(

@@ -73,7 +73,17 @@ def described(request: web.Request) -> Described:
     return Described(request.method, request.headers.get("Host"), request.raw_path, request.headers)
 
 
-def deny(request: web.Request, ctx: RequestContext, decision: Decision) -> web.Response:
+class Denial(NamedTuple):
+    """What a denial answers: the code (and so the status), and for programs a challenge."""
+
+    code: str
+    headers: dict[str, str] | None
+    detail: str | None
+    title: str | None
+
+
+def denial(ctx: RequestContext, decision: Decision) -> Denial:
+    """Settle `decision` (a denial) and say how to answer it."""
     settle(ctx, decision)
     headers = title = detail = None
     if decision.code == decide.UNAUTHENTICATED and ctx.surface == "api":
@@ -82,9 +92,14 @@ def deny(request: web.Request, ctx: RequestContext, decision: Decision) -> web.R
             headers, detail = {"WWW-Authenticate": API_KEY_CHALLENGE}, NO_KEY_DETAIL
         else:  # a wrong or expired key
             headers, detail = {"WWW-Authenticate": INVALID_KEY_CHALLENGE}, INVALID_KEY_DETAIL
+    return Denial(decision.code or decide.FORBIDDEN, headers, detail, title)
+
+
+def deny(request: web.Request, ctx: RequestContext, decision: Decision) -> web.Response:
+    code, headers, detail, title = denial(ctx, decision)
     return error_response(
         request,
-        decision.code or decide.FORBIDDEN,
+        code,
         surface=ctx.surface,
         request_id=ctx.request_id,
         headers=headers,
@@ -162,30 +177,51 @@ async def decide_access(request: web.Request, ctx: RequestContext, view: Describ
         await note_signed_in(request, ctx)  # the 404 page says who is signed in
         return decide.deny(decide.NOT_FOUND, "no app matches host and path")
     ctx.app, ctx.surface = app, app.surface
+    if app.surface == "api":
+        return decide_api(ctx, view)
 
+    verdict = admit(ctx, view)
+    if not verdict.allowed:
+        return verdict
+    verdict = await authenticate_dashboard(request, ctx)
+    if not verdict.allowed:
+        return verdict
+    request.app[SERVICES].security.count_request(ctx.principal)  # type: ignore[arg-type]
+    return authorize(ctx, view)
+
+
+def decide_api(ctx: RequestContext, view: Described) -> Decision:
+    """Steps 3-5 on the api surface, for a request matched to ctx.app. Nothing here awaits:
+    the key, the account and the rules are all in the snapshot."""
+    verdict = admit(ctx, view)
+    if not verdict.allowed:
+        return verdict
+    verdict = authenticate_api(ctx, view)
+    if not verdict.allowed:
+        return verdict
+    return authorize(ctx, view)
+
+
+def admit(ctx: RequestContext, view: Described) -> Decision:
+    """Step 3, and a cross-site WebSocket handshake refused before any credential is read."""
     verdict = check_surface(ctx)
     if not verdict.allowed:
         return verdict
     refused = check_origin(view.headers, view.host, ctx)  # cross-site WebSocket hijacking
-    if refused is not None:
-        return refused
+    return verdict if refused is None else refused
 
-    if app.surface == "api":
-        verdict = authenticate_api(ctx, view)
-    else:
-        verdict = await authenticate_dashboard(request, ctx)
-        if verdict.allowed:  # requests per user and hour, for the admin console
-            request.app[SERVICES].security.count_request(ctx.principal)  # type: ignore[arg-type]
-    if not verdict.allowed:
-        return verdict
 
+def authorize(ctx: RequestContext, view: Described) -> Decision:
+    """Step 5: the principal's grant for ctx.app, its role, the role's rules (sets ctx.role)."""
+    snapshot = ctx.snapshot
+    assert ctx.app is not None and ctx.path is not None
     grants = (
         snapshot.users[ctx.principal].grants
         if ctx.auth != "api-key"
         else snapshot.accounts[ctx.principal].grants  # type: ignore[index]
     )
     verdict, ctx.role = decide.authorize(
-        snapshot, grants, app, view.method, ctx.path, requested_overrides(view)
+        snapshot, grants, ctx.app, view.method, ctx.path, requested_overrides(view)
     )
     return verdict
 

@@ -8,14 +8,16 @@ import time
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.context import CONTEXT_KEY, RequestContext
 from gateway.policy import decide
+from gateway.policy.snapshot import Snapshot
 from gateway.services.store import StoreUnavailable
 from gateway.web.client_ip import resolve_client
 from gateway.web.errors import error_response
 from gateway.web.request_ids import new_request_id
-from gateway.web.resources import SERVICES
+from gateway.web.resources import SERVICES, Services
 
 log = structlog.get_logger("gateway.request")
 
@@ -23,25 +25,8 @@ log = structlog.get_logger("gateway.request")
 @web.middleware
 async def observe(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
     services = request.app[SERVICES]
-    snapshot = services.holder.current
-    client = resolve_client(
-        request.remote,
-        request.headers,
-        snapshot.trusted_proxies,
-        snapshot.config.client_ip_header,
-    )
-    ctx = RequestContext(
-        request_id=new_request_id(),
-        started=time.perf_counter(),
-        snapshot=snapshot,
-        client_ip=client.text,
-        client_addr=client.parsed,
-        secure=request.secure or client.proto == "https",
-    )
+    ctx = new_context(services.holder.current, request.remote, request.headers, request.secure)
     request[CONTEXT_KEY] = ctx
-    # Overwrites the previous request's values on a keep-alive connection; nothing else is
-    # bound per request, so no clear (which walks every context variable) is needed.
-    structlog.contextvars.bind_contextvars(request_id=ctx.request_id, client_ip=ctx.client_ip)
     status = 500
     try:
         response = await handler(request)
@@ -74,29 +59,63 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:  # type:
         status = 500
         return _internal_error(request, ctx)
     finally:
-        elapsed = time.perf_counter() - ctx.started
-        decision = ctx.decision.label if ctx.decision else ("allow" if status < 400 else "error")
-        app = ctx.app.name if ctx.app else None
-        services.audit.record(
-            "request",
-            request_id=ctx.request_id,
-            client_ip=ctx.client_ip,
-            surface=ctx.surface,
-            app=app,
-            principal=ctx.principal,
-            auth=ctx.auth,
-            decision=decision,
-            method=ctx.method or request.method,
-            path=ctx.path if ctx.path is not None else _raw_path(request, ctx),
-            status=status,
-            duration_ms=round(elapsed * 1000, 2),
-            reasons=ctx.reasons or None,
-            monitor=ctx.monitored or None,
-            mode=ctx.mode,
+        record_request(
+            services,
+            ctx,
+            status,
+            ctx.method or request.method,
+            ctx.path if ctx.path is not None else _raw_path(request, ctx),
         )
-        services.metrics.observe_request(
-            ctx.surface or "gateway", app or "", decision, elapsed, ctx.mode
-        )
+
+
+def new_context(
+    snapshot: Snapshot, peer: str | None, headers: CIMultiDictProxy[str], tls: bool
+) -> RequestContext:
+    """A request's context: its id, its client (step 1), the snapshot it is decided on."""
+    client = resolve_client(
+        peer, headers, snapshot.trusted_proxies, snapshot.config.client_ip_header
+    )
+    ctx = RequestContext(
+        request_id=new_request_id(),
+        started=time.perf_counter(),
+        snapshot=snapshot,
+        client_ip=client.text,
+        client_addr=client.parsed,
+        secure=tls or client.proto == "https",
+    )
+    # Overwrites the previous request's values on a keep-alive connection; nothing else is
+    # bound per request, so no clear (which walks every context variable) is needed.
+    structlog.contextvars.bind_contextvars(request_id=ctx.request_id, client_ip=ctx.client_ip)
+    return ctx
+
+
+def record_request(
+    services: Services, ctx: RequestContext, status: int, method: str, path: str
+) -> None:
+    """The request's audit record and metrics, whoever answered it (aiohttp or the front)."""
+    elapsed = time.perf_counter() - ctx.started
+    decision = ctx.decision.label if ctx.decision else ("allow" if status < 400 else "error")
+    app = ctx.app.name if ctx.app else None
+    services.audit.record(
+        "request",
+        request_id=ctx.request_id,
+        client_ip=ctx.client_ip,
+        surface=ctx.surface,
+        app=app,
+        principal=ctx.principal,
+        auth=ctx.auth,
+        decision=decision,
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+        reasons=ctx.reasons or None,
+        monitor=ctx.monitored or None,
+        mode=ctx.mode,
+    )
+    services.metrics.observe_request(
+        ctx.surface or "gateway", app or "", decision, elapsed, ctx.mode
+    )
 
 
 def _raw_path(request: web.Request, ctx: RequestContext) -> str:
@@ -104,18 +123,20 @@ def _raw_path(request: web.Request, ctx: RequestContext) -> str:
     return (ctx.raw_path or request.raw_path.split("?", 1)[0])[:512]
 
 
-def _internal_error(request: web.Request, ctx: RequestContext) -> web.Response:
+def internal_error_page(request_id: str) -> str:
     from gateway.web.html import message_page
 
+    return message_page(
+        "Something went wrong",
+        "The gateway could not handle this request.",
+        request_id,
+        links=[("/", "Go to the start page")],
+    )
+
+
+def _internal_error(request: web.Request, ctx: RequestContext) -> web.Response:
     response = web.Response(
-        status=500,
-        text=message_page(
-            "Something went wrong",
-            "The gateway could not handle this request.",
-            ctx.request_id,
-            links=[("/", "Go to the start page")],
-        ),
-        content_type="text/html",
+        status=500, text=internal_error_page(ctx.request_id), content_type="text/html"
     )
     response.headers["X-Gateway-Request-Id"] = ctx.request_id
     return response

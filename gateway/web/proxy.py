@@ -83,6 +83,10 @@ class Forwarder:
             trust_env=False,
         )
 
+    @property
+    def client(self) -> UpstreamClient:
+        return self._client
+
     async def close(self) -> None:
         await self._client.close()
         await self._ws_session.close()

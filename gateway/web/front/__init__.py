@@ -1,0 +1,1 @@
+"""The gateway's HTTP/1.1 server: the front (see connection.py)."""
