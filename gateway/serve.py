@@ -31,6 +31,18 @@ log = structlog.get_logger("gateway")
 DO_NOT_RESTART = 78
 
 
+def event_loop_factory():  # type: ignore[no-untyped-def]
+    """uvloop (libuv) when installed: its transports and timers are C, which the proxied path
+    spends most of its time in (docs/performance.md). GATEWAY_EVENT_LOOP=asyncio opts out."""
+    if os.environ.get("GATEWAY_EVENT_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_worker(
     config_file: Path,
     result: LoadResult | None = None,
@@ -49,7 +61,8 @@ def run_worker(
     holder = initial_holder(config_file, result)
     settings = serve_settings(result.snapshot, port)
     try:
-        asyncio.run(_serve(build_app(holder), settings, reuse_port))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_serve(build_app(holder), settings, reuse_port))
     except ListenError as exc:
         log.error("listen_failed", error=str(exc))  # one line, no traceback
         raise SystemExit(DO_NOT_RESTART) from None

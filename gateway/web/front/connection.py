@@ -111,7 +111,7 @@ class FrontProtocol(asyncio.Protocol):
     # -- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses; both have its methods
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
         refusal = self.front.guard.admit(self.peer)
@@ -120,7 +120,7 @@ class FrontProtocol(asyncio.Protocol):
             transport.close()
             return
         self._admitted = True
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.tls = transport.get_extra_info("sslcontext") is not None
         self.front.connections.add(self)
         self._arm("head", self.front.guard.head_timeout)
