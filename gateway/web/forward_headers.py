@@ -57,8 +57,27 @@ def is_claim(folded: str) -> bool:
     return folded in CLAIMS or folded.startswith(CLAIM_PREFIXES)
 
 
-def _dropped(folded: list[tuple[str, str, str]]) -> frozenset[str]:
-    """HOP_BY_HOP plus the names the Connection header(s) list, folded."""
+_DROP, _CHECK, _PASS = 0, 1, 2
+_CHECKED: Final = frozenset({"authorization", "cookie", "expect"}) | API_KEY_HEADERS
+_KINDS: dict[str, tuple[str, int]] = {}  # raw request header name -> (folded, kind)
+
+
+def _kind(name: str) -> tuple[str, int]:
+    """A request header's folded name and what to do with it; names repeat, so it is kept."""
+    known = _KINDS.get(name)
+    if known is None:
+        folded = fold(name)
+        if folded in HOP_BY_HOP or is_claim(folded) or folded == "host":
+            known = (folded, _DROP)
+        else:
+            known = (folded, _CHECK if folded in _CHECKED else _PASS)
+        if len(_KINDS) < 4096:
+            _KINDS[name] = known
+    return known
+
+
+def _listed(folded: list[tuple[str, str, str]]) -> frozenset[str]:
+    """The names the Connection header(s) list, folded (to be dropped as hop-by-hop too)."""
     tokens = [
         fold(token.strip())
         for lower, _, value in folded
@@ -66,7 +85,7 @@ def _dropped(folded: list[tuple[str, str, str]]) -> frozenset[str]:
         for token in value.split(",")
         if token.strip()
     ]
-    return HOP_BY_HOP.union(tokens) if tokens else HOP_BY_HOP
+    return frozenset(tokens)
 
 
 def request_headers(
@@ -85,25 +104,30 @@ def request_headers(
     HTTP and WebSocket); `own_cookies` the gateway's cookie names; `drop_expect` when the
     gateway already answered `100 Continue` itself (aiohttp's server does before any handler),
     so a backend that never sends 100 cannot make the body wait."""
-    names = [(name.lower().replace("_", "-"), name, value) for name, value in inbound]
-    drop = _dropped(names)
+    kinds = [(*_kind(name), name, value) for name, value in inbound]
+    listed = (
+        _listed([(f, n, v) for f, _, n, v in kinds])
+        if any(f == "connection" for f, _, _, _ in kinds)
+        else frozenset()
+    )
     out: Pairs = []
-    for folded, name, value in names:
-        if folded in drop or is_claim(folded) or folded == "host":
+    for folded, kind, name, value in kinds:
+        if kind == _DROP or (listed and folded in listed):
             continue
-        if api_surface and (
-            folded in API_KEY_HEADERS
-            or (folded == "authorization" and value.lstrip()[:7].lower() == "bearer ")
-        ):
-            continue  # the API key itself never reaches the backend (section 4 step 4)
-        if drop_expect and folded == "expect":
-            continue
-        if folded == "cookie":
-            if name.lower() != "cookie":
-                continue  # "Cookie_" spellings: not a cookie header to anyone but CGI
-            value = without_cookies(value, own_cookies)
-            if not value:
+        if kind == _CHECK:
+            if api_surface and (
+                folded in API_KEY_HEADERS
+                or (folded == "authorization" and value.lstrip()[:7].lower() == "bearer ")
+            ):
+                continue  # the API key itself never reaches the backend (section 4 step 4)
+            if drop_expect and folded == "expect":
                 continue
+            if folded == "cookie":
+                if name.lower() != "cookie":
+                    continue  # "Cookie_" spellings: not a cookie header to anyone but CGI
+                value = without_cookies(value, own_cookies)
+                if not value:
+                    continue
         out.append((name, value))
     if host:
         out.append(("Host", host))  # backends see the host the client asked for
@@ -151,8 +175,8 @@ def without_cookies(header: str, own: tuple[str, ...]) -> str:
 
 def response_headers(upstream: Iterable[tuple[str, str]], own_cookies: tuple[str, ...]) -> Pairs:
     """The upstream's response headers the client gets (the request id is added by the caller)."""
-    names = [(name.lower().replace("_", "-"), name, value) for name, value in upstream]
-    drop = _dropped(names)
+    names = [(fold(name), name, value) for name, value in upstream]
+    drop = HOP_BY_HOP.union(_listed(names))
     out: Pairs = []
     for folded, name, value in names:
         if folded in drop or folded == "x-gateway-request-id":

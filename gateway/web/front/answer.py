@@ -48,45 +48,38 @@ def frame(
     own (hop-by-hop ones already removed); the framing and defaults are added here.
     `body_length` is the length of a body the caller already holds (no Content-Length needed)."""
     empty = method == "HEAD" or status in _NO_BODY_STATUS or status < 200
-    names = {name.lower() for name, _ in headers}
+    present = {name.lower(): value for name, value in headers}
     chunked = False
     if status in _NO_BODY_STATUS or status < 200:
-        if "content-length" in names:
+        if "content-length" in present:
             headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
-    elif body_length is not None and "content-length" not in names:
+    elif body_length is not None and "content-length" not in present:
         headers.append(("Content-Length", str(body_length)))  # also for HEAD, as aiohttp
-        names.add("content-length")
+        present["content-length"] = str(body_length)
     if not empty:
-        length = _content_length(headers) if "content-length" in names else None
-        if length is None:
+        length = present.get("content-length")
+        if length is None or not length.isdigit():
             if version == "1.1":
                 chunked = True
                 headers.append(("Transfer-Encoding", "chunked"))
             else:
                 keep_alive = False  # HTTP/1.0 without a length: the end of the body is EOF
-        if length != 0 and "content-type" not in names:
+        if length != "0" and "content-type" not in present:
             headers.append(("Content-Type", "application/octet-stream"))
-    if "date" not in names:
+    if "date" not in present:
         headers.append(("Date", rfc822_formatted_time()))
-    if "server" not in names:
+    if "server" not in present:
         headers.append(("Server", SERVER_NAME))
-    if "connection" not in names:
+    if "connection" not in present:
         if not keep_alive and version == "1.1":
             headers.append(("Connection", "close"))
         elif keep_alive and version == "1.0":
             headers.append(("Connection", "keep-alive"))
-    lines = [f"HTTP/{version} {status} {reason if reason is not None else reason_phrase(status)}"]
-    lines.extend([f"{name}: {value}" for name, value in headers])
-    lines.append("\r\n")
-    head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    if reason is None:
+        reason = reason_phrase(status)
+    text = "\r\n".join([f"HTTP/{version} {status} {reason}", *map(": ".join, headers)])
+    head = (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
     return Framed(head, chunked, keep_alive, empty)
-
-
-def _content_length(headers: list[tuple[str, str]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == "content-length":
-            return int(value) if value.isdigit() else None
-    return None
 
 
 def chunk(data: bytes) -> bytes:

@@ -41,11 +41,8 @@ Headers = list[tuple[str, str]]
 
 
 def _encode_head(method: str, target: str, headers: Headers, extra: str) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines.extend([f"{name}: {value}\r\n" for name, value in headers])
-    lines.append(extra)
-    lines.append("\r\n")
-    text = "".join(lines)
+    text = f"{method} {target} HTTP/1.1\r\n" + "\r\n".join(map(": ".join, headers))
+    text += "\r\n" + extra + "\r\n" if headers else extra + "\r\n"
     # Every line ends in CRLF: any other CR or LF came from a value (header injection).
     expected = len(headers) + 2 + (1 if extra else 0)
     if text.count("\n") != expected or text.count("\r") != expected:
