@@ -35,6 +35,8 @@ def test_direct_path_renders_what_structlog_renders(tmp_path):
         direct.record("request", **FIELDS)
         with through._lock:
             through._logger.audit("request", **FIELDS)  # the structlog chain itself
+    assert direct._buffer.lines == []  # queued, rendered in a batch
+    direct.render_queued()
     assert direct._buffer.lines == through._buffer.lines
     first = orjson.loads(direct._buffer.lines[0])
     assert list(first)[:3] == ["ts", "event", "request_id"]
@@ -62,3 +64,35 @@ def test_chain_mac_is_hmac_sha256():
         chain = _Chain(key)
         for body in (b"", b"{}", b"z" * 1000):
             assert chain.mac(body) == hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def test_queued_requests_keep_their_time_order_and_values(tmp_path):
+    """Rendered later, a request record still says what was true when it was recorded, and
+    the file keeps the order of the calls whatever the events."""
+    now = [1_800_000_000.5]
+    audit = AuditLog(tmp_path / "a.jsonl", KEY, clock=lambda: now[0])
+    reasons = ["first reason"]
+    audit.record("request", **{**FIELDS, "reasons": reasons, "request_id": "r1"})
+    reasons.append("changed later")
+    now[0] += 2
+    audit.record("login.success", principal="alice")  # renders the queue first, then itself
+    now[0] += 2
+    audit.record("request", **{**FIELDS, "request_id": "r2"})
+    audit.flush_sync()
+    records = [orjson.loads(line) for line in (tmp_path / "a.jsonl").read_bytes().splitlines()]
+    assert [r.get("request_id") or r["event"] for r in records] == ["r1", "login.success", "r2"]
+    assert records[0]["reasons"] == ["first reason"]
+    assert [r["ts"][17:23] for r in records] == ["00.500", "02.500", "04.500"]
+    assert [r["seq"] for r in records] == [1, 2, 3]
+    assert verify([tmp_path / "a.jsonl"], KEY).ok
+
+
+def test_a_batch_renders_by_itself(tmp_path):
+    from gateway.services.audit import RENDER_BATCH
+
+    audit = AuditLog(tmp_path / "a.jsonl", KEY)
+    for i in range(RENDER_BATCH - 1):
+        audit.record("request", **{**FIELDS, "status": i})
+    assert audit._buffer.lines == [] and audit.pending == RENDER_BATCH - 1
+    audit.record("request", **FIELDS)
+    assert len(audit._buffer.lines) == RENDER_BATCH and audit.pending == RENDER_BATCH
