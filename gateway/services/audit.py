@@ -111,7 +111,7 @@ _SECRET_SUFFIXES = (
 REDACTED = "[redacted]"
 
 _CHAIN_SET = frozenset(CHAIN_FIELDS)  # set by the log itself, never by a caller
-RENDER_BATCH = 128  # queued request records rendered together (see AuditLog.record)
+RENDER_BATCH = 256  # queued request records rendered together (see AuditLog.record)
 QUEUED_LINE_BYTES = 512  # a request record's usual size, for the byte limits of the queue
 _WRITE_CHUNK = 1024 * 1024  # lines per os.write are grouped up to this size
 _COMPLAIN_EVERY = 60.0  # seconds between repeated error logs of the same kind
@@ -426,15 +426,12 @@ class AuditLog:
         `request` records (one per request) are rendered in batches (RENDER_BATCH, or when the
         writer runs): the same work, done in one loop over many records, costs about half what
         it costs between two requests, whose code and data have pushed the renderer's out of
-        the CPU caches (docs/performance.md). The time is taken now; lists are copied now, as
-        their owner may change them later. Any other event renders what is queued, then itself,
-        at once: the file keeps the order of the calls.
+        the CPU caches (docs/performance.md). The time is taken now; the values must not change
+        after the call (pass copies of lists you keep using). Any other event renders what is
+        queued, then itself, at once: the file keeps the order of the calls.
         """
         now = self._clock()
         if event == "request" and not flush:
-            for name, value in fields.items():
-                if type(value) is list:
-                    fields[name] = value.copy()
             with self._lock:
                 queued = self._queued
                 queued.append((event, fields, now))

@@ -109,8 +109,8 @@ def record_request(
         path=path,
         status=status,
         duration_ms=round(elapsed * 1000, 2),
-        reasons=ctx.reasons or None,
-        monitor=ctx.monitored or None,
+        reasons=ctx.reasons.copy() or None,  # the record is rendered later (audit.record)
+        monitor=ctx.monitored.copy() or None,
         mode=ctx.mode,
     )
     services.metrics.observe_request(
