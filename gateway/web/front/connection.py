@@ -22,6 +22,8 @@ Limits (docs/security.md), for every connection whichever side answers:
   64 KiB per head in all (also counted on the raw bytes while a head is incomplete, so a client
   that trickles a huge header cannot grow the parser's buffers): 431 beyond.
 - **Versions.** HTTP/1.0 and HTTP/1.1; anything else 505.
+- **Transfer codings.** A request body is sent with a Content-Length or chunked, nothing else
+  (`gzip, chunked` and the like): 501.
 - **Parser errors** (llhttp, strict: bare LF, obsolete line folding, Content-Length with
   Transfer-Encoding, two lengths, bad chunk sizes...) are answered 400 with a request id,
   audited as a `request` record, and logged without a byte of the request.
@@ -93,6 +95,7 @@ class FrontProtocol(asyncio.Protocol):
         # the message being parsed
         self._target = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._codings: list[bytes] = []  # Transfer-Encoding values
         self._head_size = 0
         self._in_body = False
         self._body: BodyStream | None = None  # its body, when served here
@@ -228,6 +231,7 @@ class FrontProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._target = b""
         self._headers = []
+        self._codings = []
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
@@ -241,6 +245,8 @@ class FrontProtocol(asyncio.Protocol):
         if len(name) > MAX_LINE or len(value) > MAX_LINE:
             raise HeadRefused(431, "line_too_long")
         self._headers.append((name, value))
+        if len(name) == 17 and name.lower() == _TE:
+            self._codings.append(value)
         if len(self._headers) > MAX_HEADERS:
             raise HeadRefused(431, "too_many_headers")
         self._head_size += len(name) + len(value) + 4
@@ -260,6 +266,11 @@ class FrontProtocol(asyncio.Protocol):
         method = parser.get_method()
         if self._head_size + len(method) + len(self._target) > MAX_HEAD:
             raise HeadRefused(431, "head_too_large")
+        codings = self._codings
+        if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+            # e.g. "gzip, chunked": forwarding it as chunked would hand the backend a coded
+            # body that no longer says so (RFC 9112 6.1: 501 for a coding not understood).
+            raise HeadRefused(501, "transfer_coding")
         upgrade = parser.should_upgrade()
         if self.bridge is None and self._to_bridge is None and not upgrade:
             request = self._request_for_here(method, version, parser.should_keep_alive())
@@ -319,7 +330,7 @@ class FrontProtocol(asyncio.Protocol):
         ctx.app, ctx.surface = app, app.surface
         length = multi.get("Content-Length")
         content_length = int(length) if length is not None else None
-        has_body = bool(content_length) or "Transfer-Encoding" in multi
+        has_body = bool(content_length) or bool(self._codings)
         body = BodyStream(self._pause_body, self._resume_body) if has_body else None
         expect = has_body and version == "1.1" and multi.get("Expect", "").lower() == "100-continue"
         return FastRequest(
@@ -327,8 +338,7 @@ class FrontProtocol(asyncio.Protocol):
         )
 
     def _to_aiohttp(self, method: bytes, version: str, upgrade: bool) -> None:
-        names = {name.lower() for name, _ in self._headers}
-        chunked = _TE in names
+        chunked = bool(self._codings)
         if upgrade and (
             chunked
             or any(n.lower() == _CL and v.strip() not in (b"", b"0") for n, v in self._headers)

@@ -35,6 +35,7 @@ REASONS: Final[dict[int, str]] = {
     408: "Request Timeout",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
+    501: "Not Implemented",
     503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
@@ -43,6 +44,7 @@ TEXTS: Final[dict[int, str]] = {
     408: "The request took too long to arrive.",
     429: "Too many connections from your address.",
     431: "The request head is too large.",
+    501: "The gateway accepts request bodies without a transfer coding, or chunked only.",
     503: "The gateway is at its connection limit. Try again in a moment.",
     505: "The gateway speaks HTTP/1.1.",
 }
