@@ -69,7 +69,6 @@ _BRIDGE: Final = "bridge"  # queue item: hand the connection to aiohttp
 _VERSIONS: Final = frozenset({"1.0", "1.1"})
 _TE: Final = b"transfer-encoding"
 _CL: Final = b"content-length"
-LINGERING_TIME: Final = 10.0  # seconds to read and drop an unread request body (as aiohttp)
 
 Item = FastRequest | HeadRefused | str
 
