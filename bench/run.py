@@ -605,6 +605,18 @@ BUCKETS: list[tuple[str, str, str]] = [
     ("forward: aiohttp client request + response", "*", "aiohttp/streams.py"),
     ("forward: send response (prepare, write, write_eof)", "*", "aiohttp/web_response.py"),
     ("forward: send response (prepare, write, write_eof)", "*", "aiohttp/http_writer.py"),
+    # the front (gateway/web/front): specific markers before the file-wide ones
+    ("front: socket sends to the client", "write", "gateway/web/front/connection.py"),
+    ("front: read + parse the request", "data_received", "gateway/web/front/connection.py"),
+    ("front: queue, task, timers", "*", "gateway/web/front/connection.py"),
+    ("front: response heads", "*", "gateway/web/front/answer.py"),
+    ("front: serve + forward (own lines)", "*", "gateway/web/front/proxied.py"),
+    ("front: request body stream", "*", "gateway/web/front/body.py"),
+    ("forward: header filtering both ways", "*", "gateway/web/forward_headers.py"),
+    ("forward: socket sends to the upstream", "write", "gateway/web/upstream/connection.py"),
+    ("forward: lean upstream client", "*", "gateway/web/upstream/"),
+    ("observe: context (request id, client IP)", "new_context", "gateway/web/observe.py"),
+    ("audit.record (structlog chain, HMAC, orjson)", "_render_queued", "gateway/services/audit.py"),
 ]
 _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^():]+)(?::\d+)?\)$")
 # py-spy --native does not drop idle threads here (thread pool, aiosqlite, watchfiles): a sample
@@ -670,6 +682,15 @@ WATCH = {
     "audit writer thread (write, fsync)": ("_io", "gateway/services/audit.py"),
     "Metrics.observe_request": ("observe_request", "gateway/services/metrics.py"),
     "cyclic garbage collector": ("*", "gc_collect_main"),
+    "front: FrontProtocol.data_received (parse, classify)": (
+        "data_received",
+        "gateway/web/front/connection.py",
+    ),
+    "front: proxied.serve (gate, forward, answer, audit)": (
+        "serve",
+        "gateway/web/front/proxied.py",
+    ),
+    "audit: batched rendering (_render_queued)": ("_render_queued", "gateway/services/audit.py"),
 }
 
 Profile = tuple[dict[str, float], dict[str, float], int]
