@@ -483,7 +483,8 @@ class FrontProtocol(asyncio.Protocol):
         if kind == "head" and self._head_bytes:
             self.front.guard.conditions.note("request_head_timeout", client_ip=self.peer)
             self.transport.write(raw_answer(408))
-        self.transport.close()
+            self._refused = True  # closed gently: a client still sending must get the 408
+        self.close()
 
     # -- writing (the hot path's side; aiohttp writes through BridgeTransport) -----------------
 
