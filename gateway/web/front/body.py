@@ -69,7 +69,8 @@ class BodyStream:
         return data
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; ConnectionResetError if the client goes away first."""
+        """The body as it arrives; the error given to `fail` (a ConnectionResetError saying why)
+        if the body breaks off before its end."""
         while True:
             if self._chunks:
                 yield self._take()
@@ -77,7 +78,7 @@ class BodyStream:
             if self.done:
                 return
             if self._error is not None:
-                raise ConnectionResetError("the client closed the connection during the upload")
+                raise self._error
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

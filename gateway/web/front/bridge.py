@@ -67,6 +67,21 @@ class BridgedHandler(RequestHandler):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def fail_body(self) -> None:
+        """The body of the request aiohttp is reading broke off (the front's parser refused
+        what followed): that request fails with 400 when it reads its body, and the
+        connection closes after its answer."""
+        if self._messages:
+            payload = self._messages[-1][1]
+        else:
+            request = self._current_request
+            payload = request.content if request is not None else None
+        if payload is not None and payload is not EMPTY_PAYLOAD:
+            payload.set_exception(
+                web.HTTPBadRequest(text=TEXTS[400] + "\n", headers={"Server": "gateway"})
+            )
+        self.close()
+
     def handle_error(
         self,
         request: Any,

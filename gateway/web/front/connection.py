@@ -167,6 +167,9 @@ class FrontProtocol(asyncio.Protocol):
             return
         if self._refused and transport.can_write_eof():
             transport.write_eof()
+            if self._paused:  # read (and drop) what the client still sends
+                self._paused.clear()
+                transport.resume_reading()
             self.loop.call_later(LINGER, transport.close)
         else:
             transport.close()
@@ -436,10 +439,11 @@ class FrontProtocol(asyncio.Protocol):
                 self._enqueue(_CLOSE)
                 return
             self._queue.pop()  # not started yet: it is answered by the refusal instead
-        if self._bridging and self._rechunk:
-            # aiohttp is reading this chunked body: a chunk size it cannot parse makes it fail
-            # the request the way it fails its own parser errors (400, nothing of the request
-            # reaches the app).
+        if self._bridging and self.bridge is not None:
+            self.bridge.fail_body()  # aiohttp is reading this body: its request fails (400)
+        elif self._bridging and self._rechunk:
+            # Not handed over yet: a chunk size aiohttp cannot parse, in the same bytes as the
+            # head, makes it refuse the request as it refuses its own parser errors (400).
             self._send_bridge(_BAD_CHUNK)
         elif self.bridge is not None:
             self.bridge.queue_refusal(refusal)

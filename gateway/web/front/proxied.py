@@ -167,8 +167,8 @@ async def _forward(
             connect_timeout=app.connect_timeout,
             read_timeout=app.read_timeout,
         )
-    except ConnectionResetError:
-        ctx.reasons.append("the client closed the connection during the upload")
+    except ConnectionResetError as exc:
+        ctx.reasons.append(f"upload cut short: {exc}")
         conn.abort()
         return CLIENT_CLOSED_REQUEST, False
     except UpstreamError as exc:
