@@ -10,6 +10,7 @@ import contextlib
 import functools
 import hashlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,9 +313,11 @@ async def gateway_process(
     workers: int = 1,
     port: int | None = None,
     fd_limit: int | None = None,
+    trust: ssl.SSLContext | None = None,
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """`gateway run` as a real child process; yields (base URL, process) once /healthz answers.
-    `fd_limit`: the child's descriptor limit (soft and hard)."""
+    `fd_limit`: the child's descriptor limit (soft and hard). `trust`: the config listens with
+    TLS; the URL is https://localhost:PORT and readiness is checked trusting this context."""
     import resource
     import sys
 
@@ -338,7 +341,7 @@ async def gateway_process(
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=limit_descriptors if fd_limit is not None else None,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://localhost:{port}" if trust else f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(200):
@@ -346,7 +349,7 @@ async def gateway_process(
                     err = await proc.stderr.read() if proc.stderr else b""
                     raise RuntimeError(f"gateway exited {proc.returncode}: {err.decode()[-2000:]}")
                 try:
-                    async with http.get(f"{url}/_gateway/readyz") as r:
+                    async with http.get(f"{url}/_gateway/readyz", ssl=trust or True) as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:

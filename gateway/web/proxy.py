@@ -16,6 +16,7 @@ from gateway.web import forward_headers
 from gateway.web.live_sockets import LiveSocket, LiveSockets
 from gateway.web.sessions import RECORD_KEY
 from gateway.web.upstream import UpstreamClient, UpstreamError
+from gateway.web.upstream.client import UpstreamResponse
 from gateway.web.websocket import forward_websocket, is_websocket
 
 __all__ = ["Forwarder", "UpstreamError"]
@@ -150,21 +151,27 @@ class Forwarder:
                 await response.write_eof()
             upstream.release()
         except (ConnectionResetError, UpstreamError) as exc:
-            # Part of the response is out: a new response on this connection would be read as
-            # the rest of the body (a desync), and the upstream connection is half read. Cutting
-            # both is the only honest signal left, whichever side failed.
-            ctx.reasons.append(
-                "the client closed the connection before the end of the response"
-                if isinstance(exc, ConnectionResetError)
-                else f"the upstream failed mid-response ({exc}); connection cut"
-            )
-            upstream.close()
+            cut_mid_response(ctx, upstream, exc)
             if request.transport is not None:
                 request.transport.close()
         except BaseException:
             upstream.close()
             raise
         return response
+
+
+def cut_mid_response(
+    ctx: RequestContext, upstream: UpstreamResponse, exc: ConnectionResetError | UpstreamError
+) -> None:
+    """Part of the response may be out: a new response on this connection would be read as the
+    rest of the body (a desync), and the upstream connection is half read. Cutting both is the
+    only honest signal left, whichever side failed; the caller closes the client's."""
+    ctx.reasons.append(
+        "the client closed the connection before the end of the response"
+        if isinstance(exc, ConnectionResetError)
+        else f"the upstream failed mid-response ({exc}); connection cut"
+    )
+    upstream.close()
 
 
 class _OneWriteResponse(web.StreamResponse):

@@ -25,6 +25,7 @@ from gateway.web.front.answer import CONTINUE, LAST_CHUNK, SERVER_NAME, chunk, f
 from gateway.web.front.body import BodyStream
 from gateway.web.identity import identity_headers
 from gateway.web.observe import internal_error_page, record_request
+from gateway.web.proxy import cut_mid_response
 from gateway.web.upstream.errors import UpstreamError
 
 if TYPE_CHECKING:
@@ -205,15 +206,7 @@ async def _forward(
                 conn.write(LAST_CHUNK)
         upstream.release()
     except (ConnectionResetError, UpstreamError) as exc:
-        # Part of the response may be out: a new response on this connection would be read as
-        # the rest of the body (a desync), and the upstream connection is half read. Cutting
-        # both is the only honest signal left, whichever side failed.
-        ctx.reasons.append(
-            "the client closed the connection before the end of the response"
-            if isinstance(exc, ConnectionResetError)
-            else f"the upstream failed mid-response ({exc}); connection cut"
-        )
-        upstream.close()
+        cut_mid_response(ctx, upstream, exc)
         conn.abort()
         return status, False
     except BaseException:
