@@ -69,9 +69,16 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:  # type:
 
 
 def new_context(
-    snapshot: Snapshot, peer: str | None, headers: CIMultiDictProxy[str], tls: bool
+    snapshot: Snapshot,
+    peer: str | None,
+    headers: CIMultiDictProxy[str],
+    tls: bool,
+    *,
+    bind: bool = True,
 ) -> RequestContext:
-    """A request's context: its id, its client (step 1), the snapshot it is decided on."""
+    """A request's context: its id, its client (step 1), the snapshot it is decided on.
+    `bind`: also bind the id and client IP to the log context of the running task (the
+    front binds them later, in the task that serves the request)."""
     client = resolve_client(
         peer, headers, snapshot.trusted_proxies, snapshot.config.client_ip_header
     )
@@ -83,10 +90,15 @@ def new_context(
         client_addr=client.parsed,
         secure=tls or client.proto == "https",
     )
+    if bind:
+        bind_log_context(ctx)
+    return ctx
+
+
+def bind_log_context(ctx: RequestContext) -> None:
     # Overwrites the previous request's values on a keep-alive connection; nothing else is
     # bound per request, so no clear (which walks every context variable) is needed.
     structlog.contextvars.bind_contextvars(request_id=ctx.request_id, client_ip=ctx.client_ip)
-    return ctx
 
 
 def record_request(

@@ -320,7 +320,7 @@ class FrontProtocol(asyncio.Protocol):
             method, hosts[0] if hosts else None, target_b.decode("utf-8", "surrogateescape"), multi
         )
         snapshot = services.holder.current
-        ctx = new_context(snapshot, self.peer, multi, self.tls)
+        ctx = new_context(snapshot, self.peer, multi, self.tls, bind=False)  # bound in serve
         if locate(ctx, view) is not None:
             return None  # aiohttp's side answers the 400 (the same steps, the same answer)
         assert ctx.path is not None

@@ -24,7 +24,7 @@ from gateway.web.errors import PROBLEM_JSON, problem_json
 from gateway.web.front.answer import CONTINUE, LAST_CHUNK, SERVER_NAME, chunk, frame
 from gateway.web.front.body import BodyStream
 from gateway.web.identity import identity_headers
-from gateway.web.observe import internal_error_page, record_request
+from gateway.web.observe import bind_log_context, internal_error_page, record_request
 from gateway.web.proxy import cut_mid_response
 from gateway.web.upstream.errors import UpstreamError
 
@@ -53,6 +53,7 @@ class FastRequest(NamedTuple):
 async def serve(conn: FrontProtocol, request: FastRequest, services: Services) -> bool:
     """Answer `request`; True if the connection may carry another request."""
     ctx = request.ctx
+    bind_log_context(ctx)  # this task's own: a pipelined request's task inherits it otherwise
     status = 500
     answered = [False]
     try:
