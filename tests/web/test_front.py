@@ -342,6 +342,19 @@ class TestSlowClients:
                     await sending
         assert backend.seen == []
 
+    async def test_part_of_a_head_after_a_request_in_the_same_read_408(self, quick_gw, backend):
+        """The next head's deadline starts with its first byte, also when that byte came in
+        the same read as the request before it (not the 75 s keep-alive limit)."""
+        async with connect(quick_gw) as conn:
+            started = time.monotonic()
+            await conn.send(get(b"/api/first") + b"GET /api/second HTTP/1.1\r\nHo")
+            assert (await conn.answer()).status == 200
+            answer = await conn.answer()
+            assert answer.status == 408
+            assert 0.9 <= time.monotonic() - started < 5
+            assert await conn.closed()
+        assert backend.seen == [("GET", "/api/first")]
+
     async def test_idle_keep_alive_outlives_the_head_timeout(self, quick_gw, backend):
         async with connect(quick_gw) as conn:
             await conn.send(get(b"/api/first"))

@@ -87,6 +87,7 @@ class FrontProtocol(asyncio.Protocol):
         # who answers
         self._queue: deque[Item] = deque()
         self._busy = False  # a request is being served here
+        self._task: asyncio.Task[None] | None = None  # ... by this task
         self.bridge: BridgedHandler | None = None
         self._to_bridge: list[bytes] | None = None  # for aiohttp, before it takes over
         self._late_refusal: HeadRefused | None = None
@@ -103,6 +104,7 @@ class FrontProtocol(asyncio.Protocol):
         # limits
         self._head_bytes = 0
         self._awaiting_head = True
+        self._head_started = False  # part of a head has been parsed
         self._deadline: float | None = None
         self._deadline_kind = ""
         self._timer: asyncio.TimerHandle | None = None
@@ -205,6 +207,9 @@ class FrontProtocol(asyncio.Protocol):
             self._feed(data)
         finally:
             self._kick()  # requests parsed from this read start only now (see _refuse)
+        if self._head_started and self._deadline_kind != "head":
+            # a head began after the end of a request in this same read
+            self._arm("head", self.front.guard.head_timeout)
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -231,6 +236,7 @@ class FrontProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._head_started = True
         self._target = b""
         self._headers = []
         self._codings = []
@@ -256,6 +262,7 @@ class FrontProtocol(asyncio.Protocol):
             raise HeadRefused(431, "head_too_large")
 
     def on_headers_complete(self) -> None:
+        self._head_started = False
         self._in_body = True
         self._awaiting_head = False
         self._head_bytes = 0
@@ -378,7 +385,7 @@ class FrontProtocol(asyncio.Protocol):
     def _start(self, item: Item) -> None:
         if isinstance(item, FastRequest):
             self._busy = True
-            self.loop.create_task(self._serve(item))
+            self._task = self.loop.create_task(self._serve(item))
         elif isinstance(item, HeadRefused):
             self._answer_refusal(item)
         else:
@@ -389,6 +396,7 @@ class FrontProtocol(asyncio.Protocol):
             keep_alive = await serve(self, request, self.front.services())  # type: ignore[arg-type]
         finally:
             self._busy = False
+            self._task = None
         if self.closed:
             return
         if not keep_alive or self.front.closing:
@@ -484,7 +492,7 @@ class FrontProtocol(asyncio.Protocol):
             if kind == "head" and self._awaiting_head:  # ...and the next head is due after it
                 self._arm(kind, self.front.guard.head_timeout)
             return
-        if kind == "head" and self._head_bytes:
+        if kind == "head" and (self._head_bytes or self._head_started):
             self.front.guard.conditions.note("request_head_timeout", client_ip=self.peer)
             self.transport.write(raw_answer(408))
             self._refused = True  # closed gently: a client still sending must get the 408
