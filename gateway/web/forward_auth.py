@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -45,6 +45,9 @@ from gateway.web.gate import Described
 from gateway.web.identity import identity_headers
 from gateway.web.paths import path_has_prefix
 from gateway.web.resources import SERVICES
+
+if TYPE_CHECKING:
+    from gateway.services.signing import Signer
 
 MODE: Final = "forward-auth"
 PATH_HEADER: Final = "X-Gateway-Path"
@@ -134,15 +137,10 @@ async def decide_described(
     normal_form: refuse a path that normalising changes (the caller redirects to the normal
     form), for proxies that cannot forward the normalised path themselves.
     """
-    ctx.mode, ctx.method, ctx.raw_path = MODE, view.method, view.raw_path
-    ctx.path = ctx.surface = ctx.host = None  # they described the auth endpoint itself until now
-    ctx.decision = None
-    refusal = gate.locate(ctx, view)
+    refusal = locate_described(ctx, view, normal_form=normal_form)
     if refusal is not None:
         return refusal
     assert ctx.path is not None
-    if normal_form and ctx.path != view.raw_path:
-        return decide.deny(decide.BAD_REQUEST, f"{NOT_NORMAL}: sent to {ctx.path}")
     if path_has_prefix(ctx.path, ctx.snapshot.prefix):
         # The proxy asks about the gateway's own pages (an auth middleware applied to every
         # route): they apply their own access rules when the gateway serves them, and denying
@@ -151,12 +149,50 @@ async def decide_described(
     return await gate.decide_access(request, ctx, view)
 
 
-def _allowed(request: web.Request, ctx: RequestContext) -> web.Response:
+def locate_described(
+    ctx: RequestContext, view: Described, *, normal_form: bool = False
+) -> Decision | None:
+    """From here on ctx describes the described request (it described the auth request):
+    its one normalised path and canonical host, or the refusal."""
+    ctx.mode, ctx.method, ctx.raw_path = MODE, view.method, view.raw_path
+    ctx.path = ctx.surface = ctx.host = None
+    ctx.decision = None
+    refusal = gate.locate(ctx, view)
+    if refusal is not None:
+        return refusal
+    if normal_form and ctx.path != view.raw_path:
+        return decide.deny(decide.BAD_REQUEST, f"{NOT_NORMAL}: sent to {ctx.path}")
+    return None
+
+
+def allowed_headers(ctx: RequestContext, signer: Signer) -> dict[str, str]:
+    """A 200's headers: the path decided on and, for a principal, the identity of section 5."""
     headers = {PATH_HEADER: ctx.path or "/"}
     if ctx.principal is not None:
-        signer = request.app[SERVICES].keyring.signer
         headers.update(identity_headers(ctx, signer, time.time()))
-    return web.Response(status=200, headers=headers)
+    return headers
+
+
+def _allowed(request: web.Request, ctx: RequestContext) -> web.Response:
+    signer = request.app[SERVICES].keyring.signer
+    return web.Response(status=200, headers=allowed_headers(ctx, signer))
+
+
+def nginx_denial(
+    ctx: RequestContext, view: Described | None, decision: Decision
+) -> tuple[int, dict[str, str]]:
+    """The status and headers of auth_request's answer to a denial."""
+    headers: dict[str, str] = {}
+    if view is not None and gate.sends_to_sign_in(ctx, view, decision):
+        headers[LOGIN_HEADER] = gate.login_url(ctx, view)
+    if decision.code == decide.UNAUTHENTICATED and ctx.surface == "api":
+        # nginx passes a 401's WWW-Authenticate on to the client.
+        headers["WWW-Authenticate"] = (
+            gate.API_KEY_CHALLENGE
+            if decision.reason == gate.NO_KEY_REASON
+            else gate.INVALID_KEY_CHALLENGE
+        )
+    return _NGINX_STATUS.get(decision.code or "", 403), headers
 
 
 async def _described_decision(
@@ -180,17 +216,8 @@ async def auth_request(request: web.Request) -> web.StreamResponse:
     gate.settle(ctx, decision)
     if decision.allowed:
         return _allowed(request, ctx)
-    headers: dict[str, str] = {}
-    if view is not None and gate.sends_to_sign_in(ctx, view, decision):
-        headers[LOGIN_HEADER] = gate.login_url(ctx, view)
-    if decision.code == decide.UNAUTHENTICATED and ctx.surface == "api":
-        # nginx passes a 401's WWW-Authenticate on to the client.
-        headers["WWW-Authenticate"] = (
-            gate.API_KEY_CHALLENGE
-            if decision.reason == gate.NO_KEY_REASON
-            else gate.INVALID_KEY_CHALLENGE
-        )
-    return web.Response(status=_NGINX_STATUS.get(decision.code or "", 403), headers=headers)
+    status, headers = nginx_denial(ctx, view, decision)
+    return web.Response(status=status, headers=headers)
 
 
 async def forward_auth(request: web.Request) -> web.StreamResponse:

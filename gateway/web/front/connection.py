@@ -44,6 +44,7 @@ import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.policy import decide
+from gateway.web.front import authz
 from gateway.web.front.body import BodyStream
 from gateway.web.front.bridge import BridgedHandler, BridgeTransport, encode_head
 from gateway.web.front.limits import (
@@ -55,7 +56,7 @@ from gateway.web.front.limits import (
     HeadRefused,
     raw_answer,
 )
-from gateway.web.front.proxied import FastRequest, serve
+from gateway.web.front.proxied import PROXY, FastRequest, serve
 from gateway.web.gate import Described, locate
 from gateway.web.observe import new_context
 from gateway.web.paths import path_has_prefix
@@ -331,19 +332,27 @@ class FrontProtocol(asyncio.Protocol):
         if locate(ctx, view) is not None:
             return None  # aiohttp's side answers the 400 (the same steps, the same answer)
         assert ctx.path is not None
-        if path_has_prefix(ctx.path, snapshot.prefix):
-            return None
-        app = decide.match_route(snapshot, ctx.host.name if ctx.host else None, ctx.path)
-        if app is None or app.surface != "api":
-            return None
-        ctx.app, ctx.surface = app, app.surface
         length = multi.get("Content-Length")
         content_length = int(length) if length is not None else None
         has_body = bool(content_length) or bool(self._codings)
+        kind = PROXY
+        if path_has_prefix(ctx.path, snapshot.prefix):
+            name = authz.endpoint(ctx, snapshot)
+            if name is None or has_body:
+                return None
+            described = authz.described_for_here(ctx, name, method, multi, self.peer)
+            if described is None:
+                return None
+            kind, view = name, described
+        else:
+            app = decide.match_route(snapshot, ctx.host.name if ctx.host else None, ctx.path)
+            if app is None or app.surface != "api":
+                return None
+            ctx.app, ctx.surface = app, app.surface
         body = BodyStream(self._pause_body, self._resume_body) if has_body else None
         expect = has_body and version == "1.1" and multi.get("Expect", "").lower() == "100-continue"
         return FastRequest(
-            method, version, headers, view, ctx, keep_alive, body, content_length, expect
+            kind, method, version, headers, view, ctx, keep_alive, body, content_length, expect
         )
 
     def _to_aiohttp(self, method: bytes, version: str, upgrade: bool) -> None:

@@ -21,6 +21,7 @@ from gateway.context import RequestContext
 from gateway.policy import decide
 from gateway.web import forward_headers, gate
 from gateway.web.errors import PROBLEM_JSON, problem_json
+from gateway.web.front import authz
 from gateway.web.front.answer import CONTINUE, LAST_CHUNK, SERVER_NAME, chunk, frame
 from gateway.web.front.body import BodyStream
 from gateway.web.identity import identity_headers
@@ -34,11 +35,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.request")
 
+PROXY: Final = "proxy"  # FastRequest.kind of a request forwarded to its app
 CLIENT_CLOSED_REQUEST: Final = 499  # nginx's status for "the client went away first"
 LINGERING_TIME: Final = 10.0  # seconds to read and drop a body nobody wants (as aiohttp)
 
 
 class FastRequest(NamedTuple):
+    kind: str  # PROXY, or the forward-auth endpoint asked (gateway.web.front.authz)
     method: str
     version: str  # "1.0" or "1.1"
     headers: list[tuple[str, str]]
@@ -57,6 +60,9 @@ async def serve(conn: FrontProtocol, request: FastRequest, services: Services) -
     status = 500
     answered = [False]
     try:
+        if request.kind != PROXY:
+            status, keep_alive = await _decide_for_proxy(conn, request, services)
+            return keep_alive
         verdict = gate.decide_api(ctx, request.view)
         if not verdict.allowed:
             status, keep_alive = await _deny(conn, request, gate.denial(ctx, verdict))
@@ -74,7 +80,7 @@ async def serve(conn: FrontProtocol, request: FastRequest, services: Services) -
             _answer(conn, request, 500, head, body, keep_alive=False)
         return False
     finally:
-        record_request(services, ctx, status, request.method, ctx.path or "/")
+        record_request(services, ctx, status, ctx.method or request.method, ctx.path or "/")
 
 
 def _answer(
@@ -118,6 +124,21 @@ async def _deny(conn: FrontProtocol, request: FastRequest, denial: gate.Denial) 
         request.ctx.reasons.append("the client closed the connection before the answer")
         return status, False
     return status, keep_alive and await _drop_rest(request)
+
+
+async def _decide_for_proxy(
+    conn: FrontProtocol, request: FastRequest, services: Services
+) -> tuple[int, bool]:
+    """A forward-auth question about an API request (gateway.web.front.authz)."""
+    answered = authz.answer(request, services.keyring.signer)
+    if isinstance(answered, gate.Denial):
+        return await _deny(conn, request, answered)
+    status, headers = answered
+    try:
+        keep_alive = _answer(conn, request, status, headers, b"", keep_alive=request.keep_alive)
+    except ConnectionResetError:
+        return status, False
+    return status, keep_alive
 
 
 async def _drop_rest(request: FastRequest) -> bool:
