@@ -164,7 +164,7 @@ async def _forward(
     ctx = request.ctx
     app = ctx.app
     assert app is not None and ctx.path is not None
-    cookie = ctx.snapshot.config.sessions.cookie_name
+    own_cookies = forward_headers.own_cookie_names(ctx.snapshot.config.sessions.cookie_name)
     headers = forward_headers.request_headers(
         request.headers,
         host=ctx.host.header if ctx.host is not None else None,
@@ -172,7 +172,7 @@ async def _forward(
         secure=ctx.secure,
         request_id=ctx.request_id,
         identity=identity_headers(ctx, services.keyring.signer, time.time()),
-        own_cookies=forward_headers.own_cookie_names(cookie),
+        own_cookies=own_cookies,
         api_surface=True,
         drop_expect=True,  # the front answers `100 Continue` itself, once the gate said yes
     )
@@ -200,9 +200,7 @@ async def _forward(
 
     status = upstream.status
     try:
-        out = forward_headers.response_headers(
-            upstream.headers, forward_headers.own_cookie_names(cookie)
-        )
+        out = forward_headers.response_headers(upstream.headers, own_cookies)
         out.append(("X-Gateway-Request-Id", ctx.request_id))  # the upstream's is dropped
         _name_server(out)
         framed = frame(
