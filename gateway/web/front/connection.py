@@ -195,7 +195,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._refused:
             return
         if self._upgraded:
-            self._send_bridge(data)
+            self._send_upgraded(data)
             return
         if self._awaiting_head:
             self._head_bytes += len(data)
@@ -211,9 +211,11 @@ class FrontProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded = True  # the rest is not HTTP (a WebSocket's frames): aiohttp's
+            if self.bridge is not None:
+                self.bridge.upgraded = True
             tail = data[exc.args[0] :]
             if tail:
-                self._send_bridge(tail)
+                self._send_upgraded(tail)
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -361,6 +363,12 @@ class FrontProtocol(asyncio.Protocol):
         elif self._to_bridge is not None:
             self._to_bridge.append(data)
 
+    def _send_upgraded(self, data: bytes) -> None:
+        if self.bridge is not None:
+            self.bridge.feed_upgraded(data)
+        elif self._to_bridge is not None:
+            self._to_bridge.append(data)  # with the upgrade's head: aiohttp keeps it as its tail
+
     def _enqueue(self, item: Item) -> None:
         self._queue.append(item)
 
@@ -414,6 +422,7 @@ class FrontProtocol(asyncio.Protocol):
             max_headers=MAX_HEADERS,
         )
         self.bridge = handler
+        handler.upgraded = self._upgraded
         handler.connection_made(BridgeTransport(self.transport, self))
         if self._writing_paused:
             handler.pause_writing()

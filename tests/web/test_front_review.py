@@ -1,0 +1,95 @@
+"""An outside review of the front (gateway.web.front), over raw sockets against a real gateway
+and a real backend: each test pins a defect that was found and fixed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from tests.factories import RunningGateway, echo_app, gateway_files, running_gateway, serve
+from tests.web.test_front import Backend, Handler
+from tests.web.test_wire import AUTH, Conn, connect, get
+
+WEBSOCKET = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+UPGRADES = {
+    "websocket-declined": WEBSOCKET,  # aiohttp takes it as an upgrade; the page declines it
+    "h2c": b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABk\r\n",
+}
+# A request the front refuses (501): forwarded as chunked, its body would reach the backend
+# without the coding that says it is gzip.
+CODED = (
+    b"POST /api/coded HTTP/1.1\r\nHost: gw\r\n" + AUTH
+    + b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+)  # fmt: skip
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    """tests.factories' echo backend, recording every request that reaches it."""
+    seen: list[tuple[str, str]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        seen.append((request.method, request.raw_path))
+        return await handler(request)
+
+    app = echo_app()
+    app.middlewares.append(record)
+    async with serve(app) as url:
+        yield Backend(url, seen)
+
+
+@pytest.fixture
+async def gw(tmp_path, backend: Backend) -> AsyncIterator[RunningGateway]:
+    files = gateway_files(tmp_path, api_upstream=backend.url, dashboard_upstream=backend.url)
+    async with running_gateway(files) as gw:
+        yield gw
+
+
+async def rest(conn: Conn, wait: float = 2.0) -> bytes:
+    """What arrives until the gateway closes (or `wait` seconds pass with nothing more)."""
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(conn.reader.read(65536), wait):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+class TestDeclinedUpgrade:
+    """After a request the front read as an upgrade, it passes the bytes on unparsed. If no
+    upgrade happens, they must not become requests parsed by aiohttp alone (bypassing the
+    front's parser, limits and 501/505 answers): the connection closes after the answer."""
+
+    @pytest.mark.parametrize("upgrade", UPGRADES.values(), ids=UPGRADES.keys())
+    async def test_next_request_after_the_answer(self, gw, backend, upgrade):
+        async with connect(gw) as conn:
+            await conn.send(get(b"/_gateway/healthz", upgrade, key=False))
+            answer = await conn.answer()
+            assert answer.status == 200
+            assert answer.get("connection") == "close"
+            with_next = b""
+            try:
+                await conn.send(CODED)
+            except ConnectionError:
+                pass
+            else:
+                with_next = await rest(conn)
+            assert with_next == b""
+        assert backend.seen == []
+
+    @pytest.mark.parametrize("upgrade", UPGRADES.values(), ids=UPGRADES.keys())
+    async def test_next_request_in_the_same_send(self, gw, backend, upgrade):
+        async with connect(gw) as conn:
+            await conn.send(get(b"/_gateway/healthz", upgrade, key=False) + CODED)
+            answer = await conn.answer()
+            assert answer.status == 200
+            assert await rest(conn) == b""
+        assert backend.seen == []
