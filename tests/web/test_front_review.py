@@ -4,6 +4,7 @@ and a real backend: each test pins a defect that was found and fixed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from tests.factories import RunningGateway, echo_app, gateway_files, running_gateway, serve
 from tests.web.test_front import Backend, Handler
-from tests.web.test_wire import AUTH, Conn, connect, get
+from tests.web.test_wire import AUTH, WAIT, Conn, connect, get
 
 WEBSOCKET = (
     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -93,3 +94,57 @@ class TestDeclinedUpgrade:
             assert answer.status == 200
             assert await rest(conn) == b""
         assert backend.seen == []
+
+
+async def read_to_close(conn: Conn) -> bytes:
+    """Everything until the gateway closes; AssertionError if it does not within WAIT."""
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(conn.reader.read(65536), WAIT):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+async def send_until_closed(conn: Conn, piece: bytes, most: int) -> None:
+    """Send `piece` again and again, up to `most` bytes or until the gateway closes."""
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        while sent < most:
+            conn.writer.write(piece)
+            await asyncio.wait_for(conn.writer.drain(), WAIT)
+            sent += len(piece)
+
+
+TRAILED = {
+    "served-here": b"POST /api/upload HTTP/1.1\r\nHost: gw\r\n" + AUTH,
+    "bridged": b"POST /_gateway/login HTTP/1.1\r\nHost: gw\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\n",
+}
+
+
+class TestTrailerSize:
+    """A chunked body's trailer section is parsed like a head: held to the 64 KiB of a head,
+    not grown without end (httptools keeps an unfinished field value whole in memory)."""
+
+    @pytest.mark.parametrize("head", TRAILED.values(), ids=TRAILED.keys())
+    async def test_endless_trailer_field_cut(self, gw, backend, head):
+        async with connect(gw) as conn:
+            await conn.send(head + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: ")
+            await send_until_closed(conn, b"a" * 16384, 1024 * 1024)
+            answer = await read_to_close(conn)  # the request failed; not waiting for the end
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]
+
+    async def test_trailers_within_the_limit_pass(self, gw, backend):
+        async with connect(gw) as conn:
+            await conn.send(
+                TRAILED["served-here"]
+                + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                + b"X-T: %s\r\n" % (b"a" * 4000) * 10
+                + b"\r\n"
+                + get(b"/api/next")
+            )
+            assert (await conn.answer()).status == 200
+            assert (await conn.answer()).status == 200
+        assert backend.seen == [("POST", "/api/upload"), ("GET", "/api/next")]

@@ -100,6 +100,9 @@ class FrontProtocol(asyncio.Protocol):
         self._body: BodyStream | None = None  # its body, when served here
         self._bridging = False  # its bytes go to aiohttp
         self._rechunk = False  # ... re-chunked
+        # after a chunk header, before its data: after the last chunk, the trailer section
+        self._chunk_header = False
+        self._trailer_bytes = 0  # received while _chunk_header (the trailer's size, about)
         # limits
         self._head_bytes = 0
         self._awaiting_head = True
@@ -201,6 +204,8 @@ class FrontProtocol(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._deadline_kind != "head":
                 self._arm("head", self.front.guard.head_timeout)
+        elif self._chunk_header:
+            self._trailer_bytes += len(data)
         try:
             self._feed(data)
         finally:
@@ -229,6 +234,10 @@ class FrontProtocol(asyncio.Protocol):
             return
         if self._awaiting_head and self._head_bytes > MAX_HEAD:
             self._refuse(HeadRefused(431, "head_too_large"))
+        elif self._chunk_header and self._trailer_bytes > MAX_HEAD:
+            # httptools holds an unfinished trailer field whole: a trailer section is held to
+            # the size of a head (it is never passed on)
+            self._refuse(HeadRefused(431, "trailer_too_large"))
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -284,7 +293,15 @@ class FrontProtocol(asyncio.Protocol):
                 return
         self._to_aiohttp(method, version, upgrade)
 
+    def on_chunk_header(self) -> None:
+        self._chunk_header = True
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_header = False
+
     def on_body(self, body: bytes) -> None:
+        self._chunk_header = False
         if self._body is not None:
             self._body.feed(body)
         elif self._bridging:
@@ -292,6 +309,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._chunk_header = False
         self._awaiting_head = True
         if self._body is not None:
             self._body.finish()
