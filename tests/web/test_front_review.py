@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tests.factories import RunningGateway, echo_app, gateway_files, running_gateway, serve
 from tests.web.test_front import Backend, Handler
-from tests.web.test_wire import AUTH, WAIT, Conn, connect, get
+from tests.web.test_wire import AUTH, WAIT, Conn, assert_refused, connect, get
 
 WEBSOCKET = (
     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -148,3 +148,14 @@ class TestTrailerSize:
             assert (await conn.answer()).status == 200
             assert (await conn.answer()).status == 200
         assert backend.seen == [("POST", "/api/upload"), ("GET", "/api/next")]
+
+
+class TestMissingHost:
+    """HTTP/1.1 requires Host (RFC 9112 3.2: 400 without it); aiohttp's side refuses such a
+    request, so the front must not serve it either (a backend would get no Host at all)."""
+
+    async def test_api_request_without_host_400(self, gw, backend):
+        async with connect(gw) as conn:
+            await conn.send(b"GET /api/x HTTP/1.1\r\n" + AUTH + b"\r\n")
+            await assert_refused(conn, 400)  # the gateway's answer, not the backend's
+        assert backend.seen == []

@@ -333,8 +333,8 @@ class FrontProtocol(asyncio.Protocol):
         ]
         multi = CIMultiDictProxy(CIMultiDict(headers))
         hosts = multi.getall("Host", ())
-        if len(hosts) > 1:
-            return None
+        if len(hosts) > 1 or (not hosts and version == "1.1"):
+            return None  # aiohttp's parser refuses these (400)
         method = method_b.decode("ascii")
         view = Described(
             method, hosts[0] if hosts else None, target_b.decode("utf-8", "surrogateescape"), multi
