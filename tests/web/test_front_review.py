@@ -95,6 +95,14 @@ class TestDeclinedUpgrade:
             assert await rest(conn) == b""
         assert backend.seen == []
 
+    async def test_connect_then_a_request(self, gw, backend):
+        async with connect(gw) as conn:
+            await conn.send(b"CONNECT gw:443 HTTP/1.1\r\nHost: gw\r\n\r\n" + CODED)
+            answer = await conn.answer()
+            assert 400 <= answer.status < 500
+            assert await rest(conn) == b""
+        assert backend.seen == []
+
 
 async def read_to_close(conn: Conn) -> bytes:
     """Everything until the gateway closes; AssertionError if it does not within WAIT."""
