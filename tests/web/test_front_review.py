@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from tests.factories import RunningGateway, echo_app, gateway_files, running_gateway, serve
 from tests.web.test_front import Backend, Handler
-from tests.web.test_wire import AUTH, WAIT, Conn, assert_refused, connect, get
+from tests.web.test_wire import AUTH, WAIT, Conn, assert_refused, connect, get, request
 
 WEBSOCKET = (
     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -167,3 +168,32 @@ class TestMissingHost:
             await conn.send(b"GET /api/x HTTP/1.1\r\n" + AUTH + b"\r\n")
             await assert_refused(conn, 400)  # the gateway's answer, not the backend's
         assert backend.seen == []
+
+
+@pytest.fixture
+async def quick_gw(tmp_path, backend: Backend) -> AsyncIterator[RunningGateway]:
+    files = gateway_files(tmp_path, api_upstream=backend.url, dashboard_upstream=backend.url)
+    async with running_gateway(files, limits={"head_timeout": 1.0}) as gw:
+        yield gw
+
+
+PARTIAL_AFTER = {
+    "served-here": request(b"POST", b"/api/one", body=b"hello"),
+    "bridged": request(b"POST", b"/_gateway/healthz", body=b"hello", key=False),
+}
+
+
+class TestHeadTimeoutAfterABody:
+    """The head timeout runs from a head's first byte, also when that byte came in the same
+    read as the end of the request before it (not the 75 s keep-alive limit instead)."""
+
+    @pytest.mark.parametrize("first", PARTIAL_AFTER.values(), ids=PARTIAL_AFTER.keys())
+    async def test_partial_head_in_the_same_read_408(self, quick_gw, backend, first):
+        async with connect(quick_gw) as conn:
+            await conn.send(first + b"GET /api/two HTTP/1.1\r\nHo")
+            assert (await conn.answer()).status in (200, 405)
+            started = time.monotonic()
+            answer = await conn.answer()
+            assert answer.status == 408
+            assert time.monotonic() - started < 3.0
+            assert await conn.closed()

@@ -246,6 +246,11 @@ class FrontProtocol(asyncio.Protocol):
         self._headers = []
         self._codings = []
         self._head_size = 0
+        if self._deadline_kind != "head":
+            # A head whose first byte came in the read that ended the request before it:
+            # data_received did not see it start.
+            self._head_bytes = self._head_bytes or 1
+            self._arm("head", self.front.guard.head_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._target += url
