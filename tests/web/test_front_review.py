@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -197,3 +199,37 @@ class TestHeadTimeoutAfterABody:
             assert answer.status == 408
             assert time.monotonic() - started < 3.0
             assert await conn.closed()
+
+
+class TestPipelinedFlood:
+    """One read of small pipelined requests (256 KiB: thousands of them) behind a slow one:
+    their parsed form is some 25 times their size, so only a few are parsed ahead; the rest
+    waits as bytes. All are answered, in order."""
+
+    async def test_memory_bounded_and_all_answered(self, gw, backend):
+        tiny = b"GET /api/x HTTP/1.1\r\nHost: gw\r\n\r\n"  # no key: 401 from the front
+        count = 240 * 1024 // len(tiny)
+        async with connect(gw) as conn:
+            await conn.send(get(b"/api/slow/1"))
+            for _ in range(100):  # the backend has the slow request
+                if backend.seen:
+                    break
+                await asyncio.sleep(0.02)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                await conn.send(tiny * count)
+                await asyncio.sleep(0.5)  # read and parsed while the slow one is answered
+                held, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert held < 2_000_000, held
+            assert (await conn.answer()).status == 200
+            data = b""
+            while data.count(b"HTTP/1.1 401 ") < count:
+                chunk = await asyncio.wait_for(conn.reader.read(1 << 20), WAIT)
+                assert chunk
+                data += chunk
+            assert data.count(b"HTTP/1.1 ") == count
+            assert await conn.still_open()
+        assert backend.seen == [("GET", "/api/slow/1")]

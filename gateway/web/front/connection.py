@@ -66,6 +66,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.listener")
 
 _BRIDGE: Final = "bridge"  # queue item: hand the connection to aiohttp
+# Pipelined requests parsed ahead of their turn: each holds some 25 times its bytes once
+# parsed, and one read can bring thousands. Beyond this many, the rest of a read waits as bytes.
+MAX_WAITING: Final = 32
+_SLICE: Final = 4096  # a long read is parsed this much at a time
 _VERSIONS: Final = frozenset({"1.0", "1.1"})
 _TE: Final = b"transfer-encoding"
 _CL: Final = b"content-length"
@@ -86,6 +90,7 @@ class FrontProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         # who answers
         self._queue: deque[Item] = deque()
+        self._unparsed = b""  # the rest of a read, while MAX_WAITING requests wait
         self._busy = False  # a request is being served here
         self.bridge: BridgedHandler | None = None
         self._to_bridge: list[bytes] | None = None  # for aiohttp, before it takes over
@@ -200,6 +205,9 @@ class FrontProtocol(asyncio.Protocol):
         if self._upgraded:
             self._send_upgraded(data)
             return
+        if self._unparsed:  # reading is paused; in case a read was already under way
+            self._unparsed += data
+            return
         if self._awaiting_head:
             self._head_bytes += len(data)
             if self._deadline_kind != "head":
@@ -212,32 +220,48 @@ class FrontProtocol(asyncio.Protocol):
             self._kick()  # requests parsed from this read start only now (see _refuse)
 
     def _feed(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgraded = True  # the rest is not HTTP (a WebSocket's frames): aiohttp's
-            if self.bridge is not None:
-                self.bridge.upgraded = True
-            tail = data[exc.args[0] :]
-            if tail:
-                self._send_upgraded(tail)
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if not isinstance(cause, HeadRefused):
-                log.error("front_error", error=type(cause).__name__ if cause else None)
-                cause = HeadRefused(400, "bad_request")
-            self._refuse(cause)
-            return
-        except httptools.HttpParserError as exc:
-            self._refuse(HeadRefused(400, "parser:" + type(exc).__name__))
-            return
+        if len(data) <= _SLICE:
+            if not self._parse(data, data, 0):
+                return
+        else:
+            view = memoryview(data)
+            for start in range(0, len(data), _SLICE):
+                if len(self._queue) >= MAX_WAITING:
+                    self._unparsed = data[start:]  # parsed as the queue drains (_kick)
+                    return
+                if not self._parse(view[start : start + _SLICE], data, start):
+                    return
         if self._awaiting_head and self._head_bytes > MAX_HEAD:
             self._refuse(HeadRefused(431, "head_too_large"))
         elif self._chunk_header and self._trailer_bytes > MAX_HEAD:
             # httptools holds an unfinished trailer field whole: a trailer section is held to
             # the size of a head (it is never passed on)
             self._refuse(HeadRefused(431, "trailer_too_large"))
+
+    def _parse(self, piece: bytes | memoryview, data: bytes, start: int) -> bool:
+        """Feed `piece`, which starts at `start` in `data`; False if the rest of `data` is not
+        for the parser (an upgrade, a refusal)."""
+        try:
+            self._parser.feed_data(piece)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded = True  # the rest is not HTTP (a WebSocket's frames): aiohttp's
+            if self.bridge is not None:
+                self.bridge.upgraded = True
+            tail = data[start + exc.args[0] :]
+            if tail:
+                self._send_upgraded(tail)
+            return False
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, HeadRefused):
+                log.error("front_error", error=type(cause).__name__ if cause else None)
+                cause = HeadRefused(400, "bad_request")
+            self._refuse(cause)
+            return False
+        except httptools.HttpParserError as exc:
+            self._refuse(HeadRefused(400, "parser:" + type(exc).__name__))
+            return False
+        return True
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -397,11 +421,17 @@ class FrontProtocol(asyncio.Protocol):
 
     def _kick(self) -> None:
         """Start what is next in line, unless a request is being answered here; reading pauses
-        while requests wait (pipelining), so at most one read's worth of them is held."""
+        while requests wait (pipelining), and at most MAX_WAITING of them (and one read's
+        bytes) are held, parsing the rest of the read as they are answered."""
         queue = self._queue
-        while queue and not self._busy:
-            self._start(queue.popleft())
-        if queue:
+        while True:
+            while queue and not self._busy:
+                self._start(queue.popleft())
+            if not self._unparsed or len(queue) >= MAX_WAITING or self._refused or self.closed:
+                break
+            data, self._unparsed = self._unparsed, b""
+            self._feed(data)
+        if queue or self._unparsed:
             self.pause("queue")
         else:
             self.resume("queue")
