@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.factories import RunningGateway, echo_app, gateway_files, running_gateway, serve
-from tests.web.test_front import Backend, Handler
+from tests.web.test_front import Backend, Handler, masked_text, read_frame
 from tests.web.test_wire import AUTH, WAIT, Conn, assert_refused, connect, get, request
 
 WEBSOCKET = (
@@ -233,3 +233,20 @@ class TestPipelinedFlood:
             assert data.count(b"HTTP/1.1 ") == count
             assert await conn.still_open()
         assert backend.seen == [("GET", "/api/slow/1")]
+
+
+class TestAcceptedUpgrade:
+    """The declined-upgrade close above leaves a WebSocket alone: frames sent in the same
+    send as the handshake still arrive (first request, and after a request served here)."""
+
+    @pytest.mark.parametrize("after_api", [False, True], ids=["first", "after-api"])
+    async def test_frame_in_the_handshake_send(self, gw, backend, after_api):
+        async with connect(gw) as conn:
+            if after_api:
+                await conn.send(get(b"/api/first"))
+                assert (await conn.answer()).status == 200
+            await conn.send(get(b"/api/ws", WEBSOCKET) + masked_text(b"early"))
+            assert (await conn.answer()).status == 101
+            assert await read_frame(conn) == (0x1, b"echo:early")
+            await conn.send(masked_text(b"later"))
+            assert await read_frame(conn) == (0x1, b"echo:later")
