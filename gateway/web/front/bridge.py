@@ -47,12 +47,32 @@ class BridgedHandler(RequestHandler):
     """aiohttp's connection protocol behind the front. Its parser errors (none should happen on
     re-encoded input) and the front's refusals are answered without a byte of the request."""
 
-    __slots__ = ("_guard", "_peer")
+    __slots__ = ("_guard", "_peer", "upgraded")
 
     def __init__(self, manager: Any, *, guard: ConnectionGuard, peer: str | None, **kw: Any):
         super().__init__(manager, **kw)
         self._guard = guard
         self._peer = peer
+        self.upgraded = False  # the front saw an upgrade: what follows is not HTTP to it
+
+    def feed_upgraded(self, data: bytes) -> None:
+        """Bytes after a request the front read as an upgrade, which its parser never saw:
+        the new protocol's if aiohttp switched (WebSocket), else dropped, never parsed as HTTP
+        here (the connection closes after the answer, see finish_response)."""
+        if self._upgraded or self._payload_parser is not None:
+            self.data_received(data)
+
+    async def finish_response(
+        self, request: Any, resp: Any, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if self.upgraded and self._payload_parser is None and not self._messages:
+            # The upgrade was declined. aiohttp would now parse the bytes after it as the next
+            # requests, bypassing the front's parser and limits: close instead.
+            self._message_tail = b""
+            self._upgraded = False
+            if isinstance(resp, web.StreamResponse):
+                resp.force_close()
+        return await super().finish_response(request, resp, start_time)
 
     @property
     def busy(self) -> bool:

@@ -67,6 +67,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.listener")
 
 _BRIDGE: Final = "bridge"  # queue item: hand the connection to aiohttp
+# Pipelined requests parsed ahead of their turn: each holds some 25 times its bytes once
+# parsed, and one read can bring thousands. Beyond this many, the rest of a read waits as bytes.
+MAX_WAITING: Final = 32
+_SLICE: Final = 4096  # a long read is parsed this much at a time
 _VERSIONS: Final = frozenset({"1.0", "1.1"})
 _TE: Final = b"transfer-encoding"
 _CL: Final = b"content-length"
@@ -87,6 +91,7 @@ class FrontProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         # who answers
         self._queue: deque[Item] = deque()
+        self._unparsed = b""  # the rest of a read, while MAX_WAITING requests wait
         self._busy = False  # a request is being served here
         self._task: asyncio.Task[None] | None = None  # ... by this task
         self.bridge: BridgedHandler | None = None
@@ -102,6 +107,9 @@ class FrontProtocol(asyncio.Protocol):
         self._body: BodyStream | None = None  # its body, when served here
         self._bridging = False  # its bytes go to aiohttp
         self._rechunk = False  # ... re-chunked
+        # after a chunk header, before its data: after the last chunk, the trailer section
+        self._chunk_header = False
+        self._trailer_bytes = 0  # received while _chunk_header (the trailer's size, about)
         # limits
         self._head_bytes = 0
         self._awaiting_head = True
@@ -198,12 +206,17 @@ class FrontProtocol(asyncio.Protocol):
         if self._refused:
             return
         if self._upgraded:
-            self._send_bridge(data)
+            self._send_upgraded(data)
+            return
+        if self._unparsed:  # reading is paused; in case a read was already under way
+            self._unparsed += data
             return
         if self._awaiting_head:
             self._head_bytes += len(data)
             if self._deadline_kind != "head":
                 self._arm("head", self.front.guard.head_timeout)
+        elif self._chunk_header:
+            self._trailer_bytes += len(data)
         try:
             self._feed(data)
         finally:
@@ -213,26 +226,48 @@ class FrontProtocol(asyncio.Protocol):
             self._arm("head", self.front.guard.head_timeout)
 
     def _feed(self, data: bytes) -> None:
+        if len(data) <= _SLICE:
+            if not self._parse(data, data, 0):
+                return
+        else:
+            view = memoryview(data)
+            for start in range(0, len(data), _SLICE):
+                if len(self._queue) >= MAX_WAITING:
+                    self._unparsed = data[start:]  # parsed as the queue drains (_kick)
+                    return
+                if not self._parse(view[start : start + _SLICE], data, start):
+                    return
+        if self._awaiting_head and self._head_bytes > MAX_HEAD:
+            self._refuse(HeadRefused(431, "head_too_large"))
+        elif self._chunk_header and self._trailer_bytes > MAX_HEAD:
+            # httptools holds an unfinished trailer field whole: a trailer section is held to
+            # the size of a head (it is never passed on)
+            self._refuse(HeadRefused(431, "trailer_too_large"))
+
+    def _parse(self, piece: bytes | memoryview, data: bytes, start: int) -> bool:
+        """Feed `piece`, which starts at `start` in `data`; False if the rest of `data` is not
+        for the parser (an upgrade, a refusal)."""
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(piece)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded = True  # the rest is not HTTP (a WebSocket's frames): aiohttp's
-            tail = data[exc.args[0] :]
+            if self.bridge is not None:
+                self.bridge.upgraded = True
+            tail = data[start + exc.args[0] :]
             if tail:
-                self._send_bridge(tail)
-            return
+                self._send_upgraded(tail)
+            return False
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, HeadRefused):
                 log.error("front_error", error=type(cause).__name__ if cause else None)
                 cause = HeadRefused(400, "bad_request")
             self._refuse(cause)
-            return
+            return False
         except httptools.HttpParserError as exc:
             self._refuse(HeadRefused(400, "parser:" + type(exc).__name__))
-            return
-        if self._awaiting_head and self._head_bytes > MAX_HEAD:
-            self._refuse(HeadRefused(431, "head_too_large"))
+            return False
+        return True
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -242,6 +277,11 @@ class FrontProtocol(asyncio.Protocol):
         self._headers = []
         self._codings = []
         self._head_size = 0
+        if self._deadline_kind != "head":
+            # A head whose first byte came in the read that ended the request before it:
+            # data_received did not see it start.
+            self._head_bytes = self._head_bytes or 1
+            self._arm("head", self.front.guard.head_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._target += url
@@ -290,7 +330,15 @@ class FrontProtocol(asyncio.Protocol):
                 return
         self._to_aiohttp(method, version, upgrade)
 
+    def on_chunk_header(self) -> None:
+        self._chunk_header = True
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_header = False
+
     def on_body(self, body: bytes) -> None:
+        self._chunk_header = False
         if self._body is not None:
             self._body.feed(body)
         elif self._bridging:
@@ -298,6 +346,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._chunk_header = False
         self._awaiting_head = True
         if self._body is not None:
             self._body.finish()
@@ -321,8 +370,8 @@ class FrontProtocol(asyncio.Protocol):
         ]
         multi = CIMultiDictProxy(CIMultiDict(headers))
         hosts = multi.getall("Host", ())
-        if len(hosts) > 1:
-            return None
+        if len(hosts) > 1 or (not hosts and version == "1.1"):
+            return None  # aiohttp's parser refuses these (400)
         method = method_b.decode("ascii")
         view = Described(
             method, hosts[0] if hosts else None, target_b.decode("utf-8", "surrogateescape"), multi
@@ -377,16 +426,28 @@ class FrontProtocol(asyncio.Protocol):
         elif self._to_bridge is not None:
             self._to_bridge.append(data)
 
+    def _send_upgraded(self, data: bytes) -> None:
+        if self.bridge is not None:
+            self.bridge.feed_upgraded(data)
+        elif self._to_bridge is not None:
+            self._to_bridge.append(data)  # with the upgrade's head: aiohttp keeps it as its tail
+
     def _enqueue(self, item: Item) -> None:
         self._queue.append(item)
 
     def _kick(self) -> None:
         """Start what is next in line, unless a request is being answered here; reading pauses
-        while requests wait (pipelining), so at most one read's worth of them is held."""
+        while requests wait (pipelining), and at most MAX_WAITING of them (and one read's
+        bytes) are held, parsing the rest of the read as they are answered."""
         queue = self._queue
-        while queue and not self._busy:
-            self._start(queue.popleft())
-        if queue:
+        while True:
+            while queue and not self._busy:
+                self._start(queue.popleft())
+            if not self._unparsed or len(queue) >= MAX_WAITING or self._refused or self.closed:
+                break
+            data, self._unparsed = self._unparsed, b""
+            self._feed(data)
+        if queue or self._unparsed:
             self.pause("queue")
         else:
             self.resume("queue")
@@ -431,6 +492,7 @@ class FrontProtocol(asyncio.Protocol):
             max_headers=MAX_HEADERS,
         )
         self.bridge = handler
+        handler.upgraded = self._upgraded
         handler.connection_made(BridgeTransport(self.transport, self))
         if self._writing_paused:
             handler.pause_writing()
