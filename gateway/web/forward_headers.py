@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from gateway.web.csrf import COOKIE as CSRF_COOKIE
 
@@ -99,11 +99,13 @@ def request_headers(
     own_cookies: tuple[str, ...],
     api_surface: bool,
     drop_expect: bool,
+    upstream: str | None = None,
 ) -> Pairs:
     """The headers sent upstream. `host` is the canonical Host of the request (the same for
     HTTP and WebSocket); `own_cookies` the gateway's cookie names; `drop_expect` when the
     gateway already answered `100 Continue` itself (aiohttp's server does before any handler),
-    so a backend that never sends 100 cannot make the body wait."""
+    so a backend that never sends 100 cannot make the body wait. `upstream` (scheme://host:port)
+    gives the Host of a request that had none (HTTP/1.0): HTTP/1.1 upstream requests need one."""
     kinds = [(*_kind(name), name, value) for name, value in inbound]
     listed = (
         _listed([(f, n, v) for f, _, n, v in kinds])
@@ -132,6 +134,8 @@ def request_headers(
     if host:
         out.append(("Host", host))  # backends see the host the client asked for
         out.append(("X-Forwarded-Host", host))
+    elif upstream:
+        out.append(("Host", urlsplit(upstream).netloc))
     if client_ip:
         out.append(("X-Forwarded-For", client_ip))
     out.append(("X-Forwarded-Proto", "https" if secure else "http"))

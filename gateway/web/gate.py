@@ -276,7 +276,10 @@ def authenticate_api(ctx: RequestContext, view: Described) -> Decision:
     key = presented_api_key(view.headers)
     if key is None:
         return decide.deny(decide.UNAUTHENTICATED, NO_KEY_REASON)
-    account = decide.find_account(ctx.snapshot, hashlib.sha256(key.encode()).digest())
+    # surrogateescape: header bytes that are not UTF-8 hash as they came (an unknown key),
+    # instead of failing the request
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    account = decide.find_account(ctx.snapshot, digest)
     if account is None:
         return decide.deny(decide.UNAUTHENTICATED, "unknown API key")
     ctx.principal = account.name

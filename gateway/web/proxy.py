@@ -42,6 +42,7 @@ def upstream_request_headers(
         api_surface=ctx.surface == "api",
         # aiohttp's server answered 100 Continue before the gate ran: the client is sending.
         drop_expect=True,
+        upstream=ctx.app.upstream if ctx.app is not None else None,
     )
 
 

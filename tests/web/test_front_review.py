@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.factories import RunningGateway, echo_app, gateway_files, running_gateway, serve
-from tests.web.test_front import Backend, Handler, masked_text, read_frame
+from tests.web.test_front import Backend, Handler, echoed, masked_text, read_frame
 from tests.web.test_wire import AUTH, WAIT, Conn, assert_refused, connect, get, request
 
 WEBSOCKET = (
@@ -250,3 +250,32 @@ class TestAcceptedUpgrade:
             assert await read_frame(conn) == (0x1, b"echo:early")
             await conn.send(masked_text(b"later"))
             assert await read_frame(conn) == (0x1, b"echo:later")
+
+
+class TestFoundOnBothSides:
+    """Defects the review found in code both sides share (gate, forward_headers)."""
+
+    @pytest.mark.parametrize(
+        "first", [b"", get(b"/_gateway/healthz", key=False)], ids=["front", "aiohttp"]
+    )
+    async def test_api_key_that_is_not_utf8_401(self, gw, backend, first):
+        """It was a 500 with a traceback (UnicodeEncodeError hashing the key)."""
+        bad = b"GET /api/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+        async with connect(gw) as conn:
+            await conn.send(first + bad)
+            if first:
+                assert (await conn.answer()).status == 200
+            answer = await conn.answer()
+            assert answer.status == 401
+            assert 'error="invalid_token"' in answer.get("www-authenticate")
+        assert backend.seen == []
+
+    async def test_http10_request_without_host_gets_the_upstreams(self, gw, backend):
+        """HTTP/1.0 needs no Host; the upstream request is HTTP/1.1, which does."""
+        async with connect(gw) as conn:
+            await conn.send(b"GET /api/x HTTP/1.0\r\n" + AUTH + b"\r\n")
+            answer = await conn.answer()
+        assert answer.status == 200
+        sent = {name.lower(): value for name, value in echoed(answer.body)["headers"]}
+        assert sent["host"] == backend.url.removeprefix("http://")
+        assert "x-forwarded-host" not in sent

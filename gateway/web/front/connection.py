@@ -113,7 +113,6 @@ class FrontProtocol(asyncio.Protocol):
         # limits
         self._head_bytes = 0
         self._awaiting_head = True
-        self._head_started = False  # part of a head has been parsed
         self._deadline: float | None = None
         self._deadline_kind = ""
         self._timer: asyncio.TimerHandle | None = None
@@ -221,9 +220,6 @@ class FrontProtocol(asyncio.Protocol):
             self._feed(data)
         finally:
             self._kick()  # requests parsed from this read start only now (see _refuse)
-        if self._head_started and self._deadline_kind != "head":
-            # a head began after the end of a request in this same read
-            self._arm("head", self.front.guard.head_timeout)
 
     def _feed(self, data: bytes) -> None:
         if len(data) <= _SLICE:
@@ -272,7 +268,6 @@ class FrontProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._head_started = True
         self._target = b""
         self._headers = []
         self._codings = []
@@ -303,7 +298,6 @@ class FrontProtocol(asyncio.Protocol):
             raise HeadRefused(431, "head_too_large")
 
     def on_headers_complete(self) -> None:
-        self._head_started = False
         self._in_body = True
         self._awaiting_head = False
         self._head_bytes = 0
@@ -563,7 +557,7 @@ class FrontProtocol(asyncio.Protocol):
             if kind == "head" and self._awaiting_head:  # ...and the next head is due after it
                 self._arm(kind, self.front.guard.head_timeout)
             return
-        if kind == "head" and (self._head_bytes or self._head_started):
+        if kind == "head" and self._head_bytes:
             self.front.guard.conditions.note("request_head_timeout", client_ip=self.peer)
             self.transport.write(raw_answer(408))
             self._refused = True  # closed gently: a client still sending must get the 408

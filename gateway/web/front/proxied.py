@@ -175,6 +175,7 @@ async def _forward(
         own_cookies=own_cookies,
         api_surface=True,
         drop_expect=True,  # the front answers `100 Continue` itself, once the gate said yes
+        upstream=app.upstream,
     )
     body = request.body
     if body is not None and request.expect_continue and not body.started:
