@@ -93,7 +93,11 @@ class FrontProtocol(asyncio.Protocol):
         self._queue: deque[Item] = deque()
         self._unparsed = b""  # the rest of a read, while MAX_WAITING requests wait
         self._busy = False  # a request is being served here
-        self._task: asyncio.Task[None] | None = None  # ... by this task
+        # The connection's worker task serves its requests one after the other, and waits
+        # for the next one on `_waiting`: cheaper than a task per request.
+        self._worker: asyncio.Task[None] | None = None
+        self._waiting: asyncio.Future[FastRequest] | None = None
+        self._handoff: FastRequest | None = None  # the next request, started by the worker
         self.bridge: BridgedHandler | None = None
         self._to_bridge: list[bytes] | None = None  # for aiohttp, before it takes over
         self._late_refusal: HeadRefused | None = None
@@ -157,6 +161,7 @@ class FrontProtocol(asyncio.Protocol):
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_exception(gone)
+        self._stop_worker()
         if self.bridge is not None:
             self.bridge.connection_lost(exc)
         self.transport = None
@@ -449,26 +454,49 @@ class FrontProtocol(asyncio.Protocol):
     def _start(self, item: Item) -> None:
         if isinstance(item, FastRequest):
             self._busy = True
-            self._task = self.loop.create_task(self._serve(item))
+            waiting = self._waiting
+            if waiting is not None:
+                self._waiting = None
+                waiting.set_result(item)
+            elif self._worker is not None:  # the worker is finishing a request: next is this
+                self._handoff = item
+            else:
+                self._worker = self.loop.create_task(self._work(item))
         elif isinstance(item, HeadRefused):
             self._answer_refusal(item)
         else:
             self._start_bridge()
 
-    async def _serve(self, request: FastRequest) -> None:
+    async def _work(self, request: FastRequest) -> None:
+        """Serve `request`, then each next request served here, until the connection ends."""
         try:
-            keep_alive = await serve(self, request, self.front.services())  # type: ignore[arg-type]
+            while True:
+                try:
+                    keep_alive = await serve(self, request, self.front.services())  # type: ignore[arg-type]
+                finally:
+                    self._busy = False
+                if self.closed:
+                    return
+                if not keep_alive or self.front.closing:
+                    self.close()
+                    return
+                self._kick()
+                if self.idle and self._awaiting_head and self._deadline is None:
+                    self._arm("idle", KEEPALIVE_TIMEOUT)
+                handoff, self._handoff = self._handoff, None
+                if handoff is None:
+                    self._waiting = self.loop.create_future()
+                    handoff = await self._waiting  # cancelled when the connection ends
+                request = handoff
+        except asyncio.CancelledError:
+            return
         finally:
-            self._busy = False
-            self._task = None
-        if self.closed:
-            return
-        if not keep_alive or self.front.closing:
-            self.close()
-            return
-        self._kick()
-        if self.idle and self._awaiting_head and self._deadline is None:
-            self._arm("idle", KEEPALIVE_TIMEOUT)
+            self._worker = None
+
+    def _stop_worker(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
 
     def _start_bridge(self) -> None:
         front = self.front
@@ -486,6 +514,7 @@ class FrontProtocol(asyncio.Protocol):
             max_headers=MAX_HEADERS,
         )
         self.bridge = handler
+        self._stop_worker()  # nothing more is served here
         handler.upgraded = self._upgraded
         handler.connection_made(BridgeTransport(self.transport, self))
         if self._writing_paused:
