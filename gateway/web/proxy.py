@@ -161,17 +161,23 @@ class Forwarder:
         return response
 
 
+class ClientStalled(ConnectionResetError):
+    """The client stopped reading the response (or sending its body) for too long."""
+
+
 def cut_mid_response(
     ctx: RequestContext, upstream: UpstreamResponse, exc: ConnectionResetError | UpstreamError
 ) -> None:
     """Part of the response may be out: a new response on this connection would be read as the
     rest of the body (a desync), and the upstream connection is half read. Cutting both is the
     only honest signal left, whichever side failed; the caller closes the client's."""
-    ctx.reasons.append(
-        "the client closed the connection before the end of the response"
-        if isinstance(exc, ConnectionResetError)
-        else f"the upstream failed mid-response ({exc}); connection cut"
-    )
+    if isinstance(exc, ClientStalled):
+        reason = f"{exc}; connection cut"
+    elif isinstance(exc, ConnectionResetError):
+        reason = "the client closed the connection before the end of the response"
+    else:
+        reason = f"the upstream failed mid-response ({exc}); connection cut"
+    ctx.reasons.append(reason)
     upstream.close()
 
 

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
+from gateway.web.proxy import ClientStalled
+
 HIGH_WATER: Final = 256 * 1024
 LOW_WATER: Final = 64 * 1024
 
@@ -68,9 +70,11 @@ class BodyStream:
             self._resume()
         return data
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, idle: float | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives; the error given to `fail` (a ConnectionResetError saying why)
-        if the body breaks off before its end."""
+        if the body breaks off before its end, or if nothing of it arrives for `idle` seconds
+        (a client trickling a body would otherwise hold the upstream connection)."""
+        loop = asyncio.get_running_loop()
         while True:
             if self._chunks:
                 yield self._take()
@@ -79,11 +83,18 @@ class BodyStream:
                 return
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(idle, self._idle, waiter, idle) if idle else None
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    def _idle(self, waiter: asyncio.Future[None], idle: float) -> None:
+        if not waiter.done():
+            self.fail(ClientStalled(f"no body bytes from the client for {idle:g} s"))
 
     async def discard(self, within: float) -> bool:
         """Read the rest of the body and drop it; True if it ended within `within` seconds."""

@@ -60,6 +60,7 @@ from gateway.web.front.proxied import PROXY, FastRequest, serve
 from gateway.web.gate import Described, locate
 from gateway.web.observe import new_context
 from gateway.web.paths import path_has_prefix
+from gateway.web.proxy import ClientStalled
 
 if TYPE_CHECKING:
     from gateway.web.front.site import Front
@@ -600,13 +601,20 @@ class FrontProtocol(asyncio.Protocol):
             raise ConnectionResetError("the client closed the connection")
         transport.write(data)
 
-    async def drain(self) -> None:
+    async def drain(self, within: float) -> None:
+        """Until the client has read enough of what was written; ConnectionResetError if it
+        reads nothing for `within` seconds (a client that stops reading would otherwise hold
+        the upstream connection as long as it likes)."""
         if self.transport is None:
             raise ConnectionResetError("the client closed the connection")
         if self._writing_paused:
             if self._drain is None:
                 self._drain = self.loop.create_future()
-            await self._drain
+            timer = self.loop.call_later(within, _stalled, self._drain, within)
+            try:
+                await self._drain
+            finally:
+                timer.cancel()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -626,6 +634,11 @@ class FrontProtocol(asyncio.Protocol):
 
     def _resume_body(self) -> None:
         self.resume("body")
+
+
+def _stalled(drain: asyncio.Future[None], within: float) -> None:
+    if not drain.done():
+        drain.set_exception(ClientStalled(f"the client read nothing for {within:g} s"))
 
 
 _BAD_CHUNK: Final = b"not-a-chunk-size\r\n"

@@ -186,7 +186,7 @@ async def _forward(
             request.method,
             app.upstream_target(ctx.path) + request.view.query,
             headers,
-            body.chunks() if body is not None else None,
+            body.chunks(idle=app.read_timeout) if body is not None else None,
             content_length=request.content_length if body is not None else None,
             connect_timeout=app.connect_timeout,
             read_timeout=app.read_timeout,
@@ -222,7 +222,7 @@ async def _forward(
             conn.write(framed.head)
             async for piece in upstream.chunks():
                 conn.write(chunk(piece) if framed.chunked else piece)
-                await conn.drain()
+                await conn.drain(app.read_timeout)
             if framed.chunked:
                 conn.write(LAST_CHUNK)
         upstream.release()
