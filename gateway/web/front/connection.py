@@ -191,8 +191,15 @@ class FrontProtocol(asyncio.Protocol):
             transport.close()
 
     def abort(self) -> None:
+        """Close now (an idle connection at shutdown: nothing is waiting to be sent)."""
         if self.transport is not None:
             self.transport.close()
+
+    def cut(self) -> None:
+        """Drop the connection at once, with whatever was not yet sent: an answer cut short
+        must not wait for a client that may never read the rest."""
+        if self.transport is not None:
+            self.transport.abort()
 
     # -- reading ------------------------------------------------------------------------------
 

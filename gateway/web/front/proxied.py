@@ -193,7 +193,7 @@ async def _forward(
         )
     except ConnectionResetError as exc:
         ctx.reasons.append(f"upload cut short: {exc}")
-        conn.abort()
+        conn.cut()
         return CLIENT_CLOSED_REQUEST, False
     except UpstreamError as exc:
         verdict = decide.deny(exc.code, f"upstream {app.upstream}: {exc}")
@@ -228,7 +228,7 @@ async def _forward(
         upstream.release()
     except (ConnectionResetError, UpstreamError) as exc:
         cut_mid_response(ctx, upstream, exc)
-        conn.abort()
+        conn.cut()
         return status, False
     except BaseException:
         upstream.close()
