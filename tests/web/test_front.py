@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -44,8 +45,8 @@ class Backend:
     seen: list[tuple[str, str]]  # (method, raw path) of every request that reached it
 
 
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
+@contextlib.asynccontextmanager
+async def recording_echo() -> AsyncIterator[Backend]:
     """tests.factories' echo backend (JSON of what it got, /api/slow/<s>, WebSocket echo),
     recording every request that reaches it."""
     seen: list[tuple[str, str]] = []
@@ -61,11 +62,24 @@ async def backend() -> AsyncIterator[Backend]:
         yield Backend(url, seen)
 
 
-@pytest.fixture
-async def gw(tmp_path, backend: Backend) -> AsyncIterator[RunningGateway]:
+@contextlib.asynccontextmanager
+async def gateway_before(tmp_path: Path, backend: Backend) -> AsyncIterator[RunningGateway]:
+    """A gateway whose two apps (dashboard at /, api at /api/) both go to `backend`."""
     files = gateway_files(tmp_path, api_upstream=backend.url, dashboard_upstream=backend.url)
     async with running_gateway(files) as gw:
         yield gw
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    async with recording_echo() as echo:
+        yield echo
+
+
+@pytest.fixture
+async def gw(tmp_path, backend: Backend) -> AsyncIterator[RunningGateway]:
+    async with gateway_before(tmp_path, backend) as gateway:
+        yield gateway
 
 
 def echoed(body: bytes) -> dict:

@@ -11,10 +11,16 @@ import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 
-from tests.factories import RunningGateway, echo_app, gateway_files, running_gateway, serve
-from tests.web.test_front import Backend, Handler, echoed, masked_text, read_frame
+from tests.factories import RunningGateway, gateway_files, running_gateway
+from tests.web.test_front import (
+    Backend,
+    echoed,
+    gateway_before,
+    masked_text,
+    read_frame,
+    recording_echo,
+)
 from tests.web.test_wire import AUTH, WAIT, Conn, assert_refused, connect, get, request
 
 WEBSOCKET = (
@@ -35,25 +41,14 @@ CODED = (
 
 @pytest.fixture
 async def backend() -> AsyncIterator[Backend]:
-    """tests.factories' echo backend, recording every request that reaches it."""
-    seen: list[tuple[str, str]] = []
-
-    @web.middleware
-    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-        seen.append((request.method, request.raw_path))
-        return await handler(request)
-
-    app = echo_app()
-    app.middlewares.append(record)
-    async with serve(app) as url:
-        yield Backend(url, seen)
+    async with recording_echo() as echo:
+        yield echo
 
 
 @pytest.fixture
 async def gw(tmp_path, backend: Backend) -> AsyncIterator[RunningGateway]:
-    files = gateway_files(tmp_path, api_upstream=backend.url, dashboard_upstream=backend.url)
-    async with running_gateway(files) as gw:
-        yield gw
+    async with gateway_before(tmp_path, backend) as gateway:
+        yield gateway
 
 
 async def rest(conn: Conn, wait: float = 2.0) -> bytes:
