@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -85,6 +86,15 @@ class GatewayFiles:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
+
+
+def written_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines a running gateway has finished writing to `path` (the audit file). The
+    writer appends while tests read: a last line without its newline is still being written."""
+    if not path.exists():
+        return []
+    text = path.read_bytes()
+    return [json.loads(line) for line in text[: text.rfind(b"\n") + 1].splitlines() if line.strip()]
 
 
 def gateway_files(

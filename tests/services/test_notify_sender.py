@@ -12,14 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.source import load
 from gateway.services.audit import AuditLog
 from gateway.services.notify import Notifier, Sender
 from gateway.services.store import StateStore
-from tests.factories import free_port, gateway_files, password_hash
+from tests.factories import free_port, gateway_files, password_hash, written_records
 from tests.mail import FaultyHandler, MailSink, outbox_settled, sink, wait_async, wait_for
 from tests.services.conftest import StoreBackend
 
@@ -56,10 +54,7 @@ def snapshot_for(tmp_path: Path, smtp_port: int, *, coalesce: str = "2s", **smtp
 
 
 def audit_records(path: Path, event: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    return [r for r in records if r["event"] == event]
+    return [r for r in written_records(path) if r["event"] == event]
 
 
 @contextlib.asynccontextmanager

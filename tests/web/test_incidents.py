@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 import pytest
 
 from gateway.cli import main
@@ -32,6 +31,7 @@ from tests.factories import (
     gateway_process,
     running_gateway,
     write_country_mmdb,
+    written_records,
 )
 from tests.mail import MailSink, wait_for
 from tests.services.conftest import POSTGRES_URL
@@ -96,8 +96,7 @@ async def sign_in_from(url: str, user: str, ip: str, agent: str = "Firefox/130")
 
 
 def audit_events(files: GatewayFiles, event: str) -> list[dict[str, Any]]:
-    lines = files.audit_file.read_bytes().splitlines() if files.audit_file.exists() else []
-    return [r for r in map(orjson.loads, lines) if r["event"] == event]
+    return [r for r in written_records(files.audit_file) if r["event"] == event]
 
 
 async def audit_events_when(

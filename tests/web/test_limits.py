@@ -23,6 +23,7 @@ from tests.factories import (
     raw_request,
     running_gateway,
     serve,
+    written_records,
 )
 
 KEY = api_key("sync").encode()
@@ -54,9 +55,7 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
 
 
 def audit_records(gw) -> list[dict]:
-    gw.app  # noqa: B018 - the audit buffer is flushed every 100 ms
-    text = gw.files.audit_file.read_text() if gw.files.audit_file.exists() else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return written_records(gw.files.audit_file)  # the audit buffer is flushed every 100 ms
 
 
 async def audited(gw, request_id: str) -> dict:

@@ -4,7 +4,6 @@ invalid file keeps the last good policy in force, visibly (readyz, audit, metric
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -21,6 +20,7 @@ from tests.factories import (
     gateway_process,
     running_gateway,
     serve,
+    written_records,
 )
 
 KEY = {"Authorization": f"Bearer {api_key('sync')}"}
@@ -118,7 +118,7 @@ class TestRejectedPolicy:
                 assert gw.holder.rejected is None
                 async with http.get(f"{gw.url}/api/x", headers=KEY) as r:
                     assert r.status == 403
-            records = [json.loads(x) for x in files.audit_file.read_text().splitlines()]
+            records = written_records(files.audit_file)
             events = [r["event"] for r in records]
             assert "policy.rejected" in events and "policy.reloaded" in events
             rejected_record = next(r for r in records if r["event"] == "policy.rejected")

@@ -37,6 +37,7 @@ from tests.factories import (
     gateway_files,
     running_gateway,
     serve,
+    written_records,
 )
 
 PREFIX = "/_gateway"
@@ -219,9 +220,7 @@ def counting_echo() -> tuple[web.Application, list[str]]:
 
 
 def audit_records(files: GatewayFiles) -> list[dict[str, Any]]:
-    if not files.audit_file.exists():
-        return []
-    return [json.loads(line) for line in files.audit_file.read_text().splitlines() if line]
+    return written_records(files.audit_file)
 
 
 async def wait_for_audit(

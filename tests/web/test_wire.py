@@ -24,6 +24,7 @@ from tests.factories import (
     gateway_files,
     running_gateway,
     serve,
+    written_records,
 )
 from tests.web.upstream.servers import raw_server, read_head
 
@@ -222,8 +223,7 @@ async def gw(tmp_path, backend: Backend) -> AsyncIterator[RunningGateway]:
 
 
 def audit_records(files: GatewayFiles) -> list[dict[str, Any]]:
-    text = files.audit_file.read_text() if files.audit_file.exists() else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return written_records(files.audit_file)
 
 
 async def audited_request(files: GatewayFiles, path: str) -> dict[str, Any]:
